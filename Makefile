@@ -1,0 +1,59 @@
+# The single entry point for humans, the README and CI. Needs only python3 and make.
+.DEFAULT_GOAL := help
+SHELL := bash
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+# uv installs into our venv (not its own .venv default) and never downloads an interpreter.
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export UV_PYTHON_DOWNLOADS := never
+UV := $(BIN)/uv
+
+.PHONY: help install lock dev test lint fmt bench chaos clean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+# Re-runs only when the project or the lock changes; a no-op otherwise.
+$(STAMP): pyproject.toml uv.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(UV) --version 2>/dev/null | grep -qx 'uv $(UV_VERSION)\( .*\)\?' \
+		|| $(BIN)/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(UV) sync --frozen --all-extras --all-groups
+	@touch $@
+
+install: $(STAMP)  ## create .venv with the locked dependencies
+
+lock: $(STAMP)  ## re-resolve uv.lock after editing pyproject.toml
+	$(UV) lock
+
+dev: $(STAMP)  ## run the API, a worker and an embedded Redis
+	$(BIN)/spillway dev
+
+test: $(STAMP)  ## run the test suite (all but chaos tests)
+	$(BIN)/pytest -q -m "not chaos" $(PYTEST_ARGS)
+
+chaos: $(STAMP)  ## run the fault-injection tests
+	$(BIN)/pytest -q -m chaos $(PYTEST_ARGS)
+
+lint: $(STAMP)  ## lock freshness, ruff, format check and mypy --strict
+	$(UV) lock --check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+fmt: $(STAMP)  ## format and auto-fix
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: $(STAMP)  ## run the benchmarks
+	$(BIN)/python -m bench.run
+
+clean:  ## remove the venv, caches and build output
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis dist build
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
