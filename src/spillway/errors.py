@@ -1,11 +1,145 @@
-"""Every error Spillway raises derives from :class:`SpillwayError`."""
+"""Every error Spillway raises derives from :class:`SpillwayError`.
 
-__all__ = ["EmbeddedRedisError", "SpillwayError"]
+    SpillwayError
+    ├── ConfigurationError          settings or Redis configuration that cannot work
+    │   └── EvictionPolicyError     Redis could evict Spillway's keys
+    ├── EmbeddedRedisError          the embedded redis-server could not be found or started
+    ├── UnknownTaskType             no handler is registered under that name
+    ├── PayloadInvalid              the payload does not validate for the task type
+    ├── IdempotencyConflict         an idempotency key reused with a different request
+    ├── BacklogFull                 the queue holds as many tasks as it may; retry later
+    ├── BrokerUnavailable           Redis is unreachable, refusing or too slow
+    ├── TaskNotFound                no task has that id (or its record has expired)
+    ├── TaskNotCancellable          the task is running or already terminal
+    ├── ResultTimeout               the task did not reach a terminal state in time
+    └── TaskFailed                  the awaited task ended dead or cancelled
+
+The HTTP layer maps each one to a problem+json response in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "BacklogFull",
+    "BrokerUnavailable",
+    "ConfigurationError",
+    "EmbeddedRedisError",
+    "EvictionPolicyError",
+    "IdempotencyConflict",
+    "PayloadInvalid",
+    "ResultTimeout",
+    "SpillwayError",
+    "TaskFailed",
+    "TaskNotCancellable",
+    "TaskNotFound",
+    "UnknownTaskType",
+]
 
 
 class SpillwayError(Exception):
     """Base of every Spillway error."""
 
 
+class ConfigurationError(SpillwayError):
+    """Settings, or the Redis server's configuration, cannot work."""
+
+
+class EvictionPolicyError(ConfigurationError):
+    """Redis may evict keys (``maxmemory-policy`` is not ``noeviction``)."""
+
+    def __init__(self, policy: str) -> None:
+        super().__init__(
+            f"Redis maxmemory-policy is {policy!r}: it may evict queued tasks and results. "
+            "Set `maxmemory-policy noeviction` on the server Spillway uses."
+        )
+        self.policy = policy
+
+
 class EmbeddedRedisError(SpillwayError):
     """The embedded redis-server could not be found or started."""
+
+
+class UnknownTaskType(SpillwayError):
+    """No task is registered under this name."""
+
+    def __init__(self, task_type: str, known: list[str]) -> None:
+        shown = task_type if len(task_type) <= 80 else task_type[:77] + "..."
+        super().__init__(f"unknown task type {shown!r}; registered types: {', '.join(known)}")
+        self.task_type = task_type
+        self.known = known
+
+
+class PayloadInvalid(SpillwayError):
+    """The payload does not validate against the task type's payload model."""
+
+    def __init__(self, task_type: str, errors: list[dict[str, Any]]) -> None:
+        first = errors[0] if errors else {"loc": (), "msg": "invalid"}
+        where = ".".join(str(p) for p in first.get("loc", ())) or "payload"
+        super().__init__(f"invalid payload for {task_type!r}: {where}: {first.get('msg')}")
+        self.task_type = task_type
+        self.errors = errors
+
+
+class IdempotencyConflict(SpillwayError):
+    """The idempotency key was already used for a different request."""
+
+    def __init__(self, key: str, task_id: str) -> None:
+        super().__init__("idempotency key was already used with a different request")
+        self.key = key
+        self.task_id = task_id
+
+
+class BacklogFull(SpillwayError):
+    """The queue's backlog is at its limit; nothing was enqueued."""
+
+    def __init__(self, queue: str, limit: int, retry_after: float) -> None:
+        super().__init__(f"queue {queue!r} backlog is at its limit of {limit} tasks")
+        self.queue = queue
+        self.limit = limit
+        self.retry_after = retry_after
+
+
+class BrokerUnavailable(SpillwayError):
+    """Redis is unreachable, refusing commands or did not answer in time."""
+
+    def __init__(self, detail: str, retry_after: float = 1.0) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class TaskNotFound(SpillwayError):
+    """No task has this id, or its record has expired."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"no task with id {task_id!r}")
+        self.task_id = task_id
+
+
+class TaskNotCancellable(SpillwayError):
+    """Only a task that is waiting (queued or waiting for a retry) can be cancelled."""
+
+    def __init__(self, task_id: str, status: str) -> None:
+        super().__init__(f"task {task_id!r} is {status} and can no longer be cancelled")
+        self.task_id = task_id
+        self.status = status
+
+
+class ResultTimeout(SpillwayError):
+    """The task did not reach a terminal state within the timeout."""
+
+    def __init__(self, task_id: str, timeout: float) -> None:
+        super().__init__(f"task {task_id!r} was not finished after {timeout:g} s")
+        self.task_id = task_id
+        self.timeout = timeout
+
+
+class TaskFailed(SpillwayError):
+    """The awaited task ended without a result (dead-lettered or cancelled)."""
+
+    def __init__(self, task_id: str, status: str, error: str | None) -> None:
+        super().__init__(f"task {task_id!r} ended {status}: {error or 'no error recorded'}")
+        self.task_id = task_id
+        self.status = status
+        self.error = error

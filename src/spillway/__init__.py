@@ -1,0 +1,52 @@
+"""Spillway: a durable HTTP front door and task queue on Redis Streams."""
+
+from spillway.app import EnqueueItem, Spillway
+from spillway.errors import (
+    BacklogFull,
+    BrokerUnavailable,
+    ConfigurationError,
+    EmbeddedRedisError,
+    EvictionPolicyError,
+    IdempotencyConflict,
+    PayloadInvalid,
+    ResultTimeout,
+    SpillwayError,
+    TaskFailed,
+    TaskNotCancellable,
+    TaskNotFound,
+    UnknownTaskType,
+)
+from spillway.records import DeadTask, EnqueueResult, Stats, TaskRecord, TaskStatus, WorkerInfo
+from spillway.settings import Settings
+from spillway.tasks import TaskContext
+from spillway.worker import Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BacklogFull",
+    "BrokerUnavailable",
+    "ConfigurationError",
+    "DeadTask",
+    "EmbeddedRedisError",
+    "EnqueueItem",
+    "EnqueueResult",
+    "EvictionPolicyError",
+    "IdempotencyConflict",
+    "PayloadInvalid",
+    "ResultTimeout",
+    "Settings",
+    "Spillway",
+    "SpillwayError",
+    "Stats",
+    "TaskContext",
+    "TaskFailed",
+    "TaskNotCancellable",
+    "TaskNotFound",
+    "TaskRecord",
+    "TaskStatus",
+    "UnknownTaskType",
+    "Worker",
+    "WorkerInfo",
+    "__version__",
+]

@@ -1,0 +1,684 @@
+"""The one boundary to Redis: every command Spillway sends goes through `Broker`."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from spillway.broker.keys import GROUP, Keys, ShardKeys, shard_of
+from spillway.broker.scripts import Scripts
+from spillway.broker.waiters import Waiters
+from spillway.errors import BrokerUnavailable, ConfigurationError, EvictionPolicyError
+from spillway.records import DeadTask, QueueStats, WorkerInfo, from_ms
+from spillway.settings import Settings
+
+__all__ = [
+    "AcceptReply",
+    "AcceptRequest",
+    "Broker",
+    "Delivery",
+    "Outcome",
+    "Started",
+]
+
+# Errors that mean "Redis cannot take this now", as opposed to a bug in a command.
+_UNAVAILABLE_REPLIES = (
+    "OOM",
+    "LOADING",
+    "READONLY",
+    "MASTERDOWN",
+    "CLUSTERDOWN",
+    "BUSY",
+    "TRYAGAIN",
+)
+
+
+def unavailable(exc: BaseException) -> BrokerUnavailable | None:
+    """The `BrokerUnavailable` an exception from redis-py means, or None if it is a bug."""
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError | TimeoutError | OSError):
+        return BrokerUnavailable(f"Redis is unreachable: {exc or type(exc).__name__}")
+    if isinstance(exc, ResponseError) and str(exc).startswith(_UNAVAILABLE_REPLIES):
+        return BrokerUnavailable(f"Redis refused the command: {exc}")
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptRequest:
+    """One validated task to write: the record plus its stream entry (or due-set member)."""
+
+    task_id: str
+    type: str
+    queue: str
+    payload: str  # JSON
+    max_retries: int
+    timeout: float
+    retry_base: float
+    retry_cap: float
+    delay_ms: int = 0
+    idempotency_key: str | None = None  # already scoped by the caller
+    fingerprint: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptReply:
+    """`status` is ok, duplicate, conflict or full; `task_id` is the (existing) task's id."""
+
+    status: str
+    task_id: str
+    backlog: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A stream entry handed to this consumer."""
+
+    queue: str
+    shard: int
+    entry_id: str
+    task_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A delivery that `begin` turned into a run: everything the worker needs to run it."""
+
+    delivery: Delivery
+    type: str
+    payload: str
+    attempts: int
+    max_retries: int
+    timeout: float
+    retry_base: float | None
+    retry_cap: float | None
+    created_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a run ended: `kind` is succeeded, retry or dead."""
+
+    delivery: Delivery
+    type: str
+    kind: str
+    value: str  # result JSON, or the error text
+    traceback: str = ""
+    retry_delay_ms: int = 0
+    attempts: int = 0
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+class Broker:
+    """Owns the Redis clients, key names and scripts; the API, workers and CLI call only this."""
+
+    def __init__(self, settings: Settings) -> None:
+        if not settings.redis_url:
+            raise ConfigurationError(
+                "SPILLWAY_REDIS_URL is not set. Point it at a Redis >= 6.2, "
+                "or run `spillway dev`, which starts an embedded server."
+            )
+        self.settings = settings
+        self.keys = Keys(settings.prefix, settings.shards)
+        self.scripts = Scripts()
+        self.result_ttl_ms = _ms(settings.result_ttl)
+        no_retry = Retry(NoBackoff(), 0)
+        common: dict[str, Any] = {
+            "decode_responses": True,
+            "socket_connect_timeout": settings.redis_timeout,
+            "retry": no_retry,
+            "health_check_interval": 30,
+            "client_name": f"spillway:{socket.gethostname()}",
+        }
+        self.client = Redis(
+            connection_pool=BlockingConnectionPool.from_url(
+                settings.redis_url,
+                max_connections=64,
+                timeout=settings.redis_timeout,
+                socket_timeout=settings.redis_timeout,
+                **common,
+            )
+        )
+        # Blocking reads wait up to block_ms on the server, so they get a longer socket timeout.
+        self.blocking = Redis(
+            connection_pool=BlockingConnectionPool.from_url(
+                settings.redis_url,
+                max_connections=8,
+                timeout=settings.redis_timeout,
+                socket_timeout=settings.block_ms / 1000 + settings.redis_timeout,
+                **common,
+            )
+        )
+        self.waiters = Waiters(self.client, self._terminal_status)
+        self._accept_queue: list[tuple[AcceptRequest, asyncio.Future[AcceptReply]]] = []
+        self._accept_flusher: asyncio.Task[None] | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        await self.waiters.close()
+        await self.client.aclose()
+        await self.blocking.aclose()
+
+    async def __aenter__(self) -> Broker:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @asynccontextmanager
+    async def _guard(self) -> AsyncIterator[None]:
+        """Turn "Redis is down or refusing" into `BrokerUnavailable`; let bugs through."""
+        try:
+            async with asyncio.timeout(self.settings.redis_timeout * 2):
+                yield
+        except NoScriptError:
+            raise
+        except (RedisError, OSError, TimeoutError) as exc:
+            mapped = unavailable(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
+
+    async def _run(self, fn: Callable[[], Awaitable[Any]]) -> Any:
+        """Run one command (or a few) under the timeout and error mapping of `_guard`."""
+        async with self._guard():
+            return await fn()
+
+    async def ping(self) -> None:
+        """Raise `BrokerUnavailable` unless Redis answers PING within the timeout."""
+        await self._run(self.client.ping)
+
+    async def check_server(self) -> None:
+        """Refuse a Redis older than 6.2 or one that may evict keys; load the scripts."""
+        info: dict[str, Any] = await self._run(lambda: self.client.info("server"))
+        version = str(info.get("redis_version", "0"))
+        if tuple(int(p) for p in version.split(".")[:2]) < (6, 2):
+            raise ConfigurationError(f"Redis {version} is too old: Spillway needs >= 6.2")
+        if self.settings.check_eviction_policy:
+            memory: dict[str, Any] = await self._run(lambda: self.client.info("memory"))
+            policy = str(memory.get("maxmemory_policy", "noeviction"))
+            if policy != "noeviction":
+                raise EvictionPolicyError(policy)
+        await self._run(lambda: self.scripts.load(self.client))
+
+    # --- accept ------------------------------------------------------------------------------
+
+    async def accept(self, request: AcceptRequest) -> AcceptReply:
+        """Write one task. Concurrent callers are coalesced into one pipeline round trip."""
+        future: asyncio.Future[AcceptReply] = asyncio.get_running_loop().create_future()
+        self._accept_queue.append((request, future))
+        if self._accept_flusher is None or self._accept_flusher.done():
+            self._accept_flusher = asyncio.create_task(self._flush_accepts())
+        return await future
+
+    async def _flush_accepts(self) -> None:
+        while self._accept_queue:
+            batch, self._accept_queue = self._accept_queue, []
+            try:
+                replies = await self.accept_many([r for r, _ in batch])
+            except BaseException as exc:  # every waiter must hear of the failure
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for (_, future), reply in zip(batch, replies, strict=True):
+                if not future.done():
+                    future.set_result(reply)
+
+    async def accept_many(self, requests: Sequence[AcceptRequest]) -> list[AcceptReply]:
+        """Write many tasks in one round trip; each is accepted or refused on its own."""
+        limit = max(1, -(-self.settings.backlog_limit // self.settings.shards))
+        idem_ttl = _ms(self.settings.idempotency_ttl)
+
+        def build(pipe: Any) -> None:
+            for r in requests:
+                shard = self.keys.for_task(r.task_id)
+                idem = shard.idempotency(r.idempotency_key) if r.idempotency_key else shard.base
+                keys = [shard.task(r.task_id), shard.stream(r.queue), shard.due(r.queue), idem]
+                args = [
+                    r.task_id, r.type, r.queue, r.payload, r.max_retries, r.timeout, r.delay_ms,
+                    limit, idem_ttl, r.fingerprint if r.idempotency_key else "",
+                    r.retry_base, r.retry_cap,
+                ]  # fmt: skip
+                self.scripts.queue(pipe, "accept", keys, args)
+
+        raw = await self._pipeline(build)
+        return [
+            AcceptReply(str(x[0]), str(x[1]) if x[0] != "full" else "", _int(x[1])) for x in raw
+        ]
+
+    async def _pipeline(self, build: Callable[[Any], None], client: Redis | None = None) -> Any:
+        """Run a pipeline of script calls (reloading scripts once if the server lost them)."""
+        target = client or self.client
+        for attempt in (1, 2):
+            try:
+                async with self._guard(), target.pipeline(transaction=False) as pipe:
+                    build(pipe)
+                    return await pipe.execute()
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                await self._run(lambda: self.scripts.load(target))
+        raise AssertionError("unreachable")
+
+    # --- read side ---------------------------------------------------------------------------
+
+    async def get(self, task_id: str) -> dict[str, str] | None:
+        """The raw task record, or None if no task has this id (or it expired)."""
+        key = self.keys.for_task(task_id).task(task_id)
+        record: dict[str, str] = await self._run(lambda: self.client.hgetall(key))
+        return record or None
+
+    async def _terminal_status(self, task_id: str) -> str | None:
+        key = self.keys.for_task(task_id).task(task_id)
+        status: str | None = await self._run(lambda: self.client.hget(key, "status"))
+        return status
+
+    async def wait(self, task_id: str, timeout: float) -> bool:
+        """Wait until the task is terminal (True) or `timeout` seconds pass (False)."""
+        shard = self.keys.for_task(task_id)
+        return await self.waiters.wait(task_id, shard.channel(task_id), timeout)
+
+    async def cancel(self, task_id: str) -> tuple[str, str | None]:
+        """Cancel a waiting task: ('cancelled', None), ('missing', None) or ('refused', status)."""
+        shard = self.keys.for_task(task_id)
+        queue: str | None = await self._run(lambda: self.client.hget(shard.task(task_id), "queue"))
+        if queue is None:
+            return "missing", None
+        keys = [shard.task(task_id), shard.stream(queue), shard.due(queue)]
+        args = [task_id, GROUP, self.result_ttl_ms, shard.channel(task_id)]
+        reply = await self._run(lambda: self.scripts.call(self.client, "cancel", keys, args))
+        return str(reply[0]), (str(reply[1]) if len(reply) > 1 else None)
+
+    # --- worker side -------------------------------------------------------------------------
+
+    async def register_queues(self, queues: Sequence[str]) -> None:
+        """Record the queue names and create each shard stream's consumer group if missing."""
+
+        def build(pipe: Any) -> None:
+            pipe.sadd(self.keys.queues, *queues)
+            for shard in self.keys.all_shards():
+                for q in queues:
+                    # From id 0, not $: entries written before the group existed are delivered.
+                    pipe.xgroup_create(shard.stream(q), GROUP, id="0", mkstream=True)
+
+        async with self._guard(), self.client.pipeline(transaction=False) as pipe:
+            build(pipe)
+            results = await pipe.execute(raise_on_error=False)
+        for r in results:
+            if isinstance(r, Exception) and "BUSYGROUP" not in str(r):
+                mapped = unavailable(r)
+                raise mapped or r
+
+    def streams(self, queues: Sequence[str]) -> dict[str, tuple[str, int]]:
+        """Every shard stream of these queues -> (queue, shard)."""
+        return {s.stream(q): (q, s.shard) for s in self.keys.all_shards() for q in queues}
+
+    async def read(
+        self, consumer: str, streams: dict[str, tuple[str, int]], count: int, block_ms: int | None
+    ) -> list[Delivery]:
+        """New entries for this consumer (XREADGROUP >), waiting up to `block_ms`."""
+        try:
+            async with self._guard():
+                if block_ms:
+                    # A blocking read may take up to block_ms longer than an ordinary command.
+                    reply = await asyncio.wait_for(
+                        self.blocking.xreadgroup(
+                            GROUP, consumer, dict.fromkeys(streams, ">"), count=count,
+                            block=block_ms,
+                        ),
+                        block_ms / 1000 + self.settings.redis_timeout,
+                    )  # fmt: skip
+                else:
+                    reply = await self.client.xreadgroup(
+                        GROUP, consumer, dict.fromkeys(streams, ">"), count=count
+                    )
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                # The stream was deleted (purge, or a Redis restarted without persistence).
+                await self.register_queues(sorted({q for q, _ in streams.values()}))
+                return []
+            raise
+        out: list[Delivery] = []
+        for stream, entries in _stream_items(reply):
+            queue, shard = streams[stream]
+            for entry_id, fields in entries:
+                if fields and "id" in fields:
+                    out.append(Delivery(queue, shard, entry_id, fields["id"]))
+                else:
+                    # Not an entry Spillway wrote: acknowledge and drop it so it cannot loop.
+                    await self.drop_foreign(stream, entry_id)
+        return out
+
+    async def drop_foreign(self, stream: str, entry_id: str) -> None:
+        async with self._guard(), self.client.pipeline(transaction=False) as pipe:
+            pipe.xack(stream, GROUP, entry_id)
+            pipe.xdel(stream, entry_id)
+            await pipe.execute()
+
+    async def reclaim(
+        self, consumer: str, queue: str, shard: int, min_idle_ms: int, count: int, cursor: str
+    ) -> tuple[str, list[Delivery]]:
+        """Claim entries idle longer than `min_idle_ms` (their consumer is presumed dead)."""
+        stream = self.keys.shard(shard).stream(queue)
+        try:
+            reply = await self._run(
+                lambda: self.client.xautoclaim(
+                    stream, GROUP, consumer, min_idle_ms, start_id=cursor, count=count
+                )
+            )
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                return "0-0", []
+            raise
+        next_cursor, entries = str(reply[0]), reply[1]
+        out: list[Delivery] = []
+        for entry_id, fields in entries:
+            if fields and "id" in fields:
+                out.append(Delivery(queue, shard, entry_id, fields["id"]))
+            elif entry_id:
+                await self.drop_foreign(stream, entry_id)
+        return next_cursor, out
+
+    async def begin(self, deliveries: Sequence[Delivery]) -> list[Started | None]:
+        """Mark deliveries running and count their attempts; None for skipped or dead-lettered."""
+        by_stream: dict[tuple[str, int], list[int]] = {}
+        for i, d in enumerate(deliveries):
+            by_stream.setdefault((d.queue, d.shard), []).append(i)
+
+        def build(pipe: Any) -> None:
+            for (queue, k), idx in by_stream.items():
+                shard = self.keys.shard(k)
+                keys = [shard.stream(queue), shard.dead(queue)]
+                keys += [shard.task(deliveries[i].task_id) for i in idx]
+                args: list[Any] = [GROUP, self.result_ttl_ms, shard.channel_prefix]
+                args += [deliveries[i].entry_id for i in idx]
+                self.scripts.queue(pipe, "begin", keys, args)
+
+        replies = await self._pipeline(build)
+        out: list[Started | None] = [None] * len(deliveries)
+        for idx, items in zip(by_stream.values(), replies, strict=True):
+            for i, item in zip(idx, items, strict=True):
+                if item[0] == "run":
+                    out[i] = Started(
+                        delivery=deliveries[i],
+                        type=item[1],
+                        payload=item[2],
+                        attempts=int(item[3]),
+                        max_retries=int(item[4]),
+                        timeout=float(item[5]),
+                        retry_base=_float(item[6]),
+                        retry_cap=_float(item[7]),
+                        created_at_ms=_int(item[8]),
+                    )
+        return out
+
+    async def finish(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        """Write each outcome once (a stale delivery writes nothing), ack and delete its entry."""
+
+        def build(pipe: Any) -> None:
+            for o in outcomes:
+                d = o.delivery
+                shard = self.keys.shard(d.shard)
+                keys = [shard.task(d.task_id), shard.stream(d.queue), shard.due(d.queue),
+                        shard.dead(d.queue)]  # fmt: skip
+                args = [d.task_id, d.entry_id, GROUP, o.kind, o.value, o.traceback,
+                        self.result_ttl_ms, o.retry_delay_ms, shard.channel(d.task_id),
+                        o.attempts]  # fmt: skip
+                self.scripts.queue(pipe, "finish", keys, args)
+            counts: dict[str, int] = {}
+            for o in outcomes:
+                field = f"{o.type}|{o.kind}"
+                counts[field] = counts.get(field, 0) + 1
+            for field, n in counts.items():
+                pipe.hincrby(self.keys.counters, field, n)
+
+        replies = await self._pipeline(build)
+        return [bool(r) for r in replies[: len(outcomes)]]
+
+    async def renew(self, consumer: str, deliveries: Sequence[Delivery]) -> int:
+        """Reset the idle time of deliveries this consumer still runs (claim renewal)."""
+        return await self._per_stream("renew", consumer, deliveries, [])
+
+    async def release(self, consumer: str, deliveries: Sequence[Delivery]) -> int:
+        """Make deliveries this consumer will not finish reclaimable at once (shutdown)."""
+        idle = _ms(self.settings.visibility_timeout) + 1000
+        return await self._per_stream("release", consumer, deliveries, [idle])
+
+    async def _per_stream(
+        self, script: str, consumer: str, deliveries: Sequence[Delivery], extra: list[Any]
+    ) -> int:
+        groups: dict[tuple[str, int], list[str]] = {}
+        for d in deliveries:
+            groups.setdefault((d.queue, d.shard), []).append(d.entry_id)
+        if not groups:
+            return 0
+
+        def build(pipe: Any) -> None:
+            for (queue, k), ids in groups.items():
+                keys = [self.keys.shard(k).stream(queue)]
+                self.scripts.queue(pipe, script, keys, [GROUP, consumer, *extra, *ids])
+
+        return sum(int(n) for n in await self._pipeline(build))
+
+    async def promote_due(self, queues: Sequence[str], limit: int = 1000) -> int:
+        """Move delayed and retry-waiting tasks whose time has come into their streams."""
+        pairs = [(s, q) for s in self.keys.all_shards() for q in queues]
+
+        def ask(pipe: Any) -> None:
+            for s, q in pairs:
+                self.scripts.queue(pipe, "due", [s.due(q)], [limit])
+
+        due_lists = await self._pipeline(ask)
+        work = [(s, q, ids) for (s, q), ids in zip(pairs, due_lists, strict=True) if ids]
+        if not work:
+            return 0
+
+        def promote(pipe: Any) -> None:
+            for s, q, ids in work:
+                keys = [s.due(q), s.stream(q), *(s.task(i) for i in ids)]
+                self.scripts.queue(pipe, "promote", keys, list(ids))
+
+        return sum(int(n) for n in await self._pipeline(promote))
+
+    async def backlog(self, queues: Sequence[str]) -> int:
+        """Entries in the streams plus tasks in the due sets: zero means fully drained."""
+        pairs = [(s, q) for s in self.keys.all_shards() for q in queues]
+
+        async def run() -> int:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for s, q in pairs:
+                    pipe.xlen(s.stream(q))
+                    pipe.zcard(s.due(q))
+                return sum(int(n) for n in await pipe.execute())
+
+        result: int = await self._run(run)
+        return result
+
+    # --- workers -----------------------------------------------------------------------------
+
+    async def heartbeat(self, info: WorkerInfo) -> None:
+        ttl = _ms(self.settings.heartbeat_interval * 3)
+        now = int(time.time() * 1000)
+        key = self.keys.worker(info.name)
+
+        async def run() -> None:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.hset(key, mapping={
+                    "name": info.name, "host": info.host, "pid": info.pid,
+                    "queues": ",".join(info.queues), "concurrency": info.concurrency,
+                    "in_flight": info.in_flight, "processed": info.processed,
+                    "started_at": int(info.started_at.timestamp() * 1000)
+                    if info.started_at else 0,
+                    "last_seen": now,
+                })  # fmt: skip
+                pipe.pexpire(key, ttl)
+                pipe.zadd(self.keys.workers, {info.name: now})
+                pipe.zremrangebyscore(self.keys.workers, "-inf", now - ttl)
+                await pipe.execute()
+
+        await self._run(run)
+
+    async def deregister(self, name: str) -> None:
+        async def run() -> None:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.zrem(self.keys.workers, name)
+                pipe.delete(self.keys.worker(name))
+                await pipe.execute()
+
+        await self._run(run)
+
+    async def workers(self) -> list[WorkerInfo]:
+        ttl = _ms(self.settings.heartbeat_interval * 3)
+        now = int(time.time() * 1000)
+
+        async def run() -> list[WorkerInfo]:
+            names = await self.client.zrangebyscore(self.keys.workers, now - ttl, "+inf")
+            async with self.client.pipeline(transaction=False) as pipe:
+                for n in names:
+                    pipe.hgetall(self.keys.worker(str(n)))
+                hashes = await pipe.execute()
+            return [
+                WorkerInfo(
+                    name=h["name"],
+                    host=h["host"],
+                    pid=int(h["pid"]),
+                    queues=[q for q in h["queues"].split(",") if q],
+                    concurrency=int(h["concurrency"]),
+                    in_flight=int(h["in_flight"]),
+                    processed=int(h["processed"]),
+                    started_at=from_ms(h["started_at"]),
+                    last_seen=from_ms(h["last_seen"]),
+                )
+                for h in hashes
+                if h
+            ]
+
+        result: list[WorkerInfo] = await self._run(run)
+        return result
+
+    # --- dead letters and figures ------------------------------------------------------------
+
+    async def known_queues(self) -> list[str]:
+        members: set[str] = await self._run(lambda: self.client.smembers(self.keys.queues))
+        return sorted(members)
+
+    async def dlq_list(self, queues: Sequence[str], limit: int = 100) -> list[DeadTask]:
+        """The newest dead letters of these queues, newest first."""
+        pairs = [(s, q) for s in self.keys.all_shards() for q in queues]
+
+        async def run() -> list[Any]:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for s, q in pairs:
+                    pipe.xrevrange(s.dead(q), count=limit)
+                return list(await pipe.execute())
+
+        found = [
+            DeadTask.from_entry(eid, f) for entries in await self._run(run) for eid, f in entries
+        ]
+        found.sort(key=lambda d: d.dead_letter_id, reverse=True)
+        return found[:limit]
+
+    async def dlq_replay(self, dead: DeadTask) -> bool:
+        """Queue a dead-lettered task again under its own id. False if it was already replayed."""
+        shard = self.keys.for_task(dead.id)
+        keys = [shard.dead(dead.queue), shard.task(dead.id), shard.stream(dead.queue)]
+        reply = await self._run(
+            lambda: self.scripts.call(self.client, "replay", keys, [dead.dead_letter_id])
+        )
+        return reply is not None
+
+    async def dlq_purge(self, queues: Sequence[str]) -> int:
+        """Delete every dead letter of these queues; returns how many were deleted."""
+        pairs = [(s, q) for s in self.keys.all_shards() for q in queues]
+
+        async def run() -> int:
+            async with self.client.pipeline(transaction=True) as pipe:
+                for s, q in pairs:
+                    pipe.xlen(s.dead(q))
+                    pipe.delete(s.dead(q))
+                replies = await pipe.execute()
+            return sum(int(n) for n in replies[0::2])
+
+        result: int = await self._run(run)
+        return result
+
+    async def queue_stats(self, queues: Sequence[str]) -> list[QueueStats]:
+        shards = self.keys.all_shards()
+
+        async def run() -> list[Any]:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for q in queues:
+                    for s in shards:
+                        pipe.xlen(s.stream(q))
+                        pipe.xpending(s.stream(q), GROUP)
+                        pipe.zcard(s.due(q))
+                        pipe.xlen(s.dead(q))
+                return list(await pipe.execute(raise_on_error=False))
+
+        replies = await self._run(run)
+        out = []
+        for i, q in enumerate(queues):
+            backlog = pending = delayed = dead = 0
+            for j in range(len(shards)):
+                xlen, xpending, zcard, dlen = replies[(i * len(shards) + j) * 4 :][:4]
+                backlog += _int(xlen)
+                pending += int(xpending["pending"]) if isinstance(xpending, dict) else 0
+                delayed += _int(zcard)
+                dead += _int(dlen)
+            out.append(QueueStats(queue=q, backlog=backlog, pending=pending, delayed=delayed,
+                                  dead=dead))  # fmt: skip
+        return out
+
+    async def counters(self) -> dict[str, dict[str, int]]:
+        raw: dict[str, str] = await self._run(lambda: self.client.hgetall(self.keys.counters))
+        out: dict[str, dict[str, int]] = {}
+        for field, n in raw.items():
+            task_type, _, kind = field.rpartition("|")
+            out.setdefault(task_type, {})[kind] = int(n)
+        return out
+
+    def shard_for_key(self, key: str) -> int:
+        return shard_of(key, self.settings.shards)
+
+    def shard_keys(self, shard: int) -> ShardKeys:
+        return self.keys.shard(shard)
+
+
+def _stream_items(reply: Any) -> list[tuple[str, list[tuple[str, dict[str, str]]]]]:
+    """XREADGROUP replies come as a list (RESP2) or a dict (RESP3); normalise them."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return [(k, v[0] if v and isinstance(v[0], list) else v) for k, v in reply.items()]
+    return [(k, v) for k, v in reply]
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None

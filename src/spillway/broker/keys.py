@@ -1,0 +1,100 @@
+"""Every Redis key name Spillway uses, in one place.
+
+The keys of one task (record, idempotency key, completion channel) share a hash tag with its
+shard's streams, due sets and dead-letter streams, so each script touches a single hash slot and
+the same scripts run unchanged on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import secrets
+import zlib
+from dataclasses import dataclass
+
+__all__ = ["GROUP", "Keys", "ShardKeys", "new_task_id", "shard_of"]
+
+#: The consumer group every worker of a shard joins.
+GROUP = "spillway"
+
+
+def shard_of(token: str, shards: int) -> int:
+    """The shard a task id (or idempotency key) belongs to."""
+    return zlib.crc32(token.encode()) % shards if shards > 1 else 0
+
+
+def new_task_id(shard: int | None = None, shards: int = 1) -> str:
+    """A random 32-hex-digit task id; with `shard`, one that maps to that shard."""
+    while True:
+        task_id = secrets.token_hex(16)
+        if shard is None or shard_of(task_id, shards) == shard:
+            return task_id
+
+
+@dataclass(frozen=True, slots=True)
+class ShardKeys:
+    """The keys of one shard; all share the hash tag ``{prefix:shard}``.
+
+    A task's record, idempotency key and completion channel depend only on its id (which picks
+    the shard), so a task can be found from its id alone; each queue has its own stream, due
+    set and dead-letter stream inside every shard.
+    """
+
+    base: str
+    shard: int
+
+    def stream(self, queue: str) -> str:
+        return f"{self.base}:q:{queue}:stream"
+
+    def due(self, queue: str) -> str:
+        return f"{self.base}:q:{queue}:due"
+
+    def dead(self, queue: str) -> str:
+        return f"{self.base}:q:{queue}:dead"
+
+    @property
+    def channel_prefix(self) -> str:
+        return f"{self.base}:done:"
+
+    def task(self, task_id: str) -> str:
+        return f"{self.base}:task:{task_id}"
+
+    def idempotency(self, key: str) -> str:
+        return f"{self.base}:idem:{key}"
+
+    def channel(self, task_id: str) -> str:
+        return f"{self.channel_prefix}{task_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key names under one prefix, with every queue split over `shards` streams."""
+
+    prefix: str
+    shards: int = 1
+
+    def shard(self, shard: int) -> ShardKeys:
+        return ShardKeys(f"{{{self.prefix}:{shard}}}", shard)
+
+    def all_shards(self) -> list[ShardKeys]:
+        return [self.shard(k) for k in range(self.shards)]
+
+    def for_task(self, task_id: str) -> ShardKeys:
+        return self.shard(shard_of(task_id, self.shards))
+
+    @property
+    def queues(self) -> str:
+        """Set of every queue name that has been used under this prefix."""
+        return f"{self.prefix}:queues"
+
+    @property
+    def workers(self) -> str:
+        """Sorted set of live worker names scored by their last heartbeat (ms)."""
+        return f"{self.prefix}:workers"
+
+    def worker(self, name: str) -> str:
+        return f"{self.prefix}:worker:{name}"
+
+    @property
+    def counters(self) -> str:
+        """Hash of ``type|outcome`` -> count."""
+        return f"{self.prefix}:counters"

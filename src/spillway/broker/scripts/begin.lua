@@ -1,0 +1,46 @@
+-- begin: turn a batch of deliveries of one shard into runs, counting attempts from the PEL.
+-- KEYS[1] shard stream   KEYS[2] dead-letter stream   KEYS[3..] the task record of each delivery
+-- ARGV[1] group   ARGV[2] result TTL (ms)   ARGV[3] completion channel prefix
+-- ARGV[4..] the stream entry id of each delivery, in the order of KEYS[3..]
+-- Returns one item per delivery:
+--   {'run', type, payload, attempts, max_retries, timeout, retry_base, retry_cap, created_at}
+--   {'skip'}  the entry is stale (task terminal, cancelled, missing or already acknowledged)
+--   {'dead'}  deliveries exceeded the attempt limit (the process running it kept dying)
+local stream, dead, group = KEYS[1], KEYS[2], ARGV[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+for i = 3, #KEYS do
+  local record, entry = KEYS[i], ARGV[i + 1]
+  local r = redis.call('HMGET', record, 'status', 'entry', 'type', 'payload', 'max_retries',
+    'timeout', 'prior_attempts', 'id', 'retry_base', 'retry_cap', 'created_at', 'queue')
+  local status = r[1]
+  local pending = redis.call('XPENDING', stream, group, entry, entry, 1)
+  if (not status) or r[2] ~= entry or #pending == 0
+      or (status ~= 'queued' and status ~= 'running') then
+    redis.call('XACK', stream, group, entry)
+    redis.call('XDEL', stream, entry)
+    out[#out + 1] = {'skip'}
+  else
+    local attempts = tonumber(r[7]) + tonumber(pending[1][4])
+    local limit = tonumber(r[5]) + 1
+    if attempts > limit then
+      local err = 'WorkerLost: the process running this task died on each of its ' ..
+        limit .. ' attempts'
+      redis.call('HSET', record, 'status', 'dead', 'attempts', limit, 'error', err,
+        'finished_at', now, 'entry', '')
+      redis.call('PEXPIRE', record, ARGV[2])
+      redis.call('XADD', dead, '*', 'id', r[8], 'type', r[3], 'queue', r[12], 'payload', r[4],
+        'error', err, 'traceback', '', 'attempts', limit, 'max_retries', r[5],
+        'timeout', r[6], 'created_at', r[11], 'failed_at', now)
+      redis.call('XACK', stream, group, entry)
+      redis.call('XDEL', stream, entry)
+      redis.call('PUBLISH', ARGV[3] .. r[8], 'dead')
+      out[#out + 1] = {'dead'}
+    else
+      redis.call('HSET', record, 'status', 'running', 'attempts', attempts, 'started_at', now)
+      out[#out + 1] = {'run', r[3], r[4], attempts, r[5], r[6], r[9], r[10], r[11]}
+    end
+  end
+end
+return out

@@ -1,0 +1,41 @@
+-- finish: write one outcome exactly once, acknowledge and delete the delivery, notify waiters.
+-- KEYS[1] task record   KEYS[2] shard stream   KEYS[3] due set   KEYS[4] dead-letter stream
+-- ARGV[1] task id   ARGV[2] stream entry id   ARGV[3] group   ARGV[4] outcome:
+--   'succeeded' | 'retry' | 'dead'
+-- ARGV[5] result (JSON) or error text   ARGV[6] traceback summary   ARGV[7] result TTL (ms)
+-- ARGV[8] retry delay (ms)   ARGV[9] completion channel   ARGV[10] attempts made
+-- Returns 1 when the outcome was written, 0 when the delivery was stale (nothing written).
+local record, stream = KEYS[1], KEYS[2]
+redis.call('XACK', stream, ARGV[3], ARGV[2])
+redis.call('XDEL', stream, ARGV[2])
+local r = redis.call('HMGET', record, 'status', 'entry')
+-- Only the delivery the record points at may write: a reclaimed duplicate, or a delivery of a
+-- task that was cancelled or already finished, writes nothing.
+if r[1] ~= 'running' or r[2] ~= ARGV[2] then
+  return 0
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local outcome = ARGV[4]
+if outcome == 'succeeded' then
+  redis.call('HSET', record, 'status', 'succeeded', 'result', ARGV[5], 'finished_at', now,
+    'entry', '')
+  redis.call('PEXPIRE', record, ARGV[7])
+  redis.call('PUBLISH', ARGV[9], 'succeeded')
+elseif outcome == 'retry' then
+  local due = now + tonumber(ARGV[8])
+  redis.call('HSET', record, 'status', 'failed', 'error', ARGV[5], 'traceback', ARGV[6],
+    'entry', '', 'due_at', due, 'prior_attempts', ARGV[10])
+  redis.call('ZADD', KEYS[3], due, ARGV[1])
+else
+  local f = redis.call('HMGET', record, 'type', 'queue', 'payload', 'max_retries', 'timeout',
+    'created_at')
+  redis.call('HSET', record, 'status', 'dead', 'error', ARGV[5], 'traceback', ARGV[6],
+    'finished_at', now, 'entry', '')
+  redis.call('PEXPIRE', record, ARGV[7])
+  redis.call('XADD', KEYS[4], '*', 'id', ARGV[1], 'type', f[1], 'queue', f[2], 'payload', f[3],
+    'error', ARGV[5], 'traceback', ARGV[6], 'attempts', ARGV[10], 'max_retries', f[4],
+    'timeout', f[5], 'created_at', f[6], 'failed_at', now)
+  redis.call('PUBLISH', ARGV[9], 'dead')
+end
+return 1

@@ -1,0 +1,60 @@
+"""Strict JSON in and out: no NaN or Infinity, no lone surrogates, bounded depth. No pickle."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+import pydantic_core
+
+__all__ = ["JSONError", "check_depth", "dumps", "loads"]
+
+
+class JSONError(ValueError):
+    """The bytes are not strict JSON, or the document nests deeper than allowed."""
+
+
+def loads(data: bytes | str, *, max_depth: int = 32) -> Any:
+    """Parse strict JSON (orjson rejects NaN, Infinity and invalid UTF-8) with a depth limit."""
+    check_depth(data, max_depth)
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise JSONError(str(exc)) from exc
+
+
+def dumps(value: Any) -> str:
+    """Serialise a result or payload: pydantic models, dataclasses and datetimes included."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        # Models, dataclasses and the like: let pydantic make them plain, then serialise strictly.
+        try:
+            return orjson.dumps(pydantic_core.to_jsonable_python(value)).decode()
+        except (TypeError, pydantic_core.PydanticSerializationError) as exc:
+            raise JSONError(f"not JSON-serialisable: {exc}") from exc
+
+
+_STRING = re.compile(rb'"(?:[^"\\\\]|\\\\.)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def check_depth(data: bytes | str, max_depth: int) -> None:
+    """Reject documents nesting arrays/objects deeper than `max_depth`, before parsing them.
+
+    Strings are cut out and everything but brackets dropped at C speed, so a hostile
+    ``[[[[...`` costs O(n) and never reaches a recursive parser.
+    """
+    raw = data.encode() if isinstance(data, str) else data
+    if raw.count(b"[") + raw.count(b"{") <= max_depth:
+        return
+    brackets = _STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    depth = 0
+    for byte in brackets:
+        if byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > max_depth:
+                raise JSONError(f"JSON nests deeper than {max_depth} levels")
+        else:
+            depth -= 1

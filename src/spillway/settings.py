@@ -1,0 +1,47 @@
+"""Settings, read once from ``SPILLWAY_*`` environment variables at the edge and passed down."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Every knob has a default that works for `spillway dev`; production sets `redis_url`."""
+
+    model_config = SettingsConfigDict(env_prefix="SPILLWAY_", frozen=True, extra="ignore")
+
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis address. Unset: `spillway dev` and tests start an embedded server.",
+    )
+    prefix: str = Field(default="spillway", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    shards: int = Field(default=1, ge=1, le=1024, description="Shard streams per queue.")
+    backlog_limit: int = Field(
+        default=100_000, ge=1, description="Tasks a queue may hold (queued + delayed + running)."
+    )
+    result_ttl: float = Field(default=86_400, gt=0, description="Seconds a terminal record lives.")
+    idempotency_ttl: float = Field(default=86_400, gt=0)
+    redis_timeout: float = Field(
+        default=0.5, gt=0, description="Seconds before a Redis command counts as failed."
+    )
+    # Delivery and recovery.
+    visibility_timeout: float = Field(
+        default=30.0, gt=0, description="Idle seconds before another worker reclaims a delivery."
+    )
+    block_ms: int = Field(default=1000, ge=1, le=60_000, description="XREADGROUP block time.")
+    batch_size: int = Field(default=100, ge=1, le=10_000)
+    heartbeat_interval: float = Field(default=5.0, gt=0)
+    shutdown_grace: float = Field(default=30.0, ge=0)
+    # Task policy defaults (each task may override them).
+    max_retries: int = Field(default=3, ge=0)
+    retry_base: float = Field(default=1.0, ge=0)
+    retry_cap: float = Field(default=60.0, ge=0)
+    task_timeout: float = Field(default=300.0, gt=0)
+    concurrency: int = Field(default=100, ge=1)
+    # Accept-side limits.
+    max_payload_bytes: int = Field(default=1_048_576, ge=64)
+    max_json_depth: int = Field(default=32, ge=1, le=256)
+    check_eviction_policy: bool = True

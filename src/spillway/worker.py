@@ -1,0 +1,401 @@
+"""One worker process: read deliveries, run handlers with bounded concurrency, store outcomes.
+
+Four loops share one asyncio event loop:
+
+* the reader asks Redis for new entries (XREADGROUP) while slots are free;
+* each run is its own asyncio task, under the task's timeout (sync handlers in a thread pool);
+* the finisher writes outcomes in batches (one pipeline of finish scripts per batch);
+* the keeper promotes due tasks, reclaims stalled deliveries, renews this worker's claims
+  and beats the heartbeat.
+
+A slot is freed only once its outcome is stored, so "in flight" always means "not yet safe".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import secrets
+import signal
+import socket
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+from spillway.app import Spillway
+from spillway.broker import Delivery, Outcome, Started
+from spillway.codec import JSONError, dumps
+from spillway.errors import BrokerUnavailable, PayloadInvalid, SpillwayError
+from spillway.records import WorkerInfo
+from spillway.retry import backoff_delay
+from spillway.tasks import TaskContext
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("spillway.worker")
+
+_TRACEBACK_LIMIT = 4096
+_PROMOTE_INTERVAL = 0.1
+
+
+class Worker:
+    """Runs the tasks of `app` from `queues` (default: every queue the app declares)."""
+
+    def __init__(
+        self,
+        app: Spillway,
+        *,
+        concurrency: int | None = None,
+        queues: list[str] | None = None,
+        burst: bool = False,
+        name: str | None = None,
+    ) -> None:
+        self.app = app
+        self.settings = app.settings
+        self.concurrency = concurrency or self.settings.concurrency
+        self.queues = queues or app.queues
+        self.burst = burst
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.processed = 0
+        self.started_at = datetime.now(UTC)
+        self._inflight: dict[str, tuple[Delivery, asyncio.Task[None] | None]] = {}
+        self._reserved = 0
+        self._slot_freed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._outcomes: asyncio.Queue[Outcome] = asyncio.Queue()
+        self._executor: ThreadPoolExecutor | None = None
+        self._drained = False
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop reading; in-flight tasks get `shutdown_grace` seconds to finish."""
+        if not self._stopping.is_set():
+            log.info("worker %s stopping", self.name)
+            self._stopping.set()
+            self._slot_freed.set()
+
+    async def run(self) -> None:
+        """Run until stopped (SIGTERM/SIGINT, `stop()`), or until drained in burst mode."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+        await self._connect()
+        self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="spillway-task")
+        log.info(
+            "worker %s consuming %s with concurrency %d%s",
+            self.name, ",".join(self.queues), self.concurrency, " (burst)" if self.burst else "",
+        )  # fmt: skip
+        finisher = asyncio.create_task(self._finish_loop(), name="spillway-finisher")
+        keeper = asyncio.create_task(self._keep_loop(), name="spillway-keeper")
+        try:
+            await self._read_loop()
+        finally:
+            await self._shutdown(finisher, keeper)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+
+    async def _connect(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await self.app.connect()
+                await self.app.broker.register_queues(self.queues)
+                await self._heartbeat()
+                return
+            except BrokerUnavailable as exc:
+                if self._stopping.is_set():
+                    raise
+                log.warning("waiting for Redis: %s", exc)
+                await self._sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _shutdown(self, finisher: asyncio.Task[None], keeper: asyncio.Task[None]) -> None:
+        self._stopping.set()
+        keeper.cancel()
+        runs = [t for _, t in self._inflight.values() if t is not None]
+        if runs:
+            log.info(
+                "waiting up to %gs for %d running tasks", self.settings.shutdown_grace, len(runs)
+            )
+            _, unfinished = await asyncio.wait(runs, timeout=self.settings.shutdown_grace)
+            for t in unfinished:
+                t.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
+        # Let the finisher store what did finish, then hand back what did not.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.redis_timeout * 10):
+                await self._outcomes.join()
+        finisher.cancel()
+        await asyncio.gather(finisher, keeper, return_exceptions=True)
+        leftover = [d for d, _ in self._inflight.values()]
+        with contextlib.suppress(SpillwayError):
+            if leftover:
+                released = await self.app.broker.release(self.name, leftover)
+                log.info("released %d unfinished deliveries for other workers", released)
+            await self.app.broker.deregister(self.name)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        log.info("worker %s stopped after %d tasks", self.name, self.processed)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake at once when stopping."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
+
+    # --- reading and starting ----------------------------------------------------------------
+
+    def _free(self) -> int:
+        return self.concurrency - len(self._inflight) - self._reserved
+
+    async def _read_loop(self) -> None:
+        broker = self.app.broker
+        streams = broker.streams(self.queues)
+        block_ms = min(self.settings.block_ms, 100) if self.burst else self.settings.block_ms
+        backoff = 0.1
+        while not self._stopping.is_set():
+            free = self._free()
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            count = max(1, min(free, self.settings.batch_size) // len(streams))
+            self._reserved += count * len(streams)
+            try:
+                deliveries = await broker.read(self.name, streams, count, block_ms)
+                backoff = 0.1
+            except BrokerUnavailable as exc:
+                log.warning("read failed: %s", exc)
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            finally:
+                self._reserved -= count * len(streams)
+            if deliveries:
+                await self._start(deliveries)
+            elif self.burst and await self._drained_now():
+                log.info("burst: queues drained")
+                return
+
+    async def _drained_now(self) -> bool:
+        if self._inflight or self._reserved:
+            return False
+        try:
+            return await self.app.broker.backlog(self.queues) == 0
+        except BrokerUnavailable:
+            return False
+
+    async def _start(self, deliveries: list[Delivery]) -> None:
+        if self._stopping.is_set():
+            with contextlib.suppress(SpillwayError):
+                await self.app.broker.release(self.name, deliveries)
+            return
+        for d in deliveries:  # hold the slots while begin runs, so renewal covers them
+            self._inflight[d.entry_id] = (d, None)
+        while True:
+            try:
+                started = await self.app.broker.begin(deliveries)
+                break
+            except BrokerUnavailable as exc:
+                if self._stopping.is_set():
+                    return  # left in _inflight: released at shutdown
+                log.warning("begin failed, retrying: %s", exc)
+                await self._sleep(0.2)
+        for d, s in zip(deliveries, started, strict=True):
+            if s is None:
+                self._release_slot(d)
+            else:
+                run = asyncio.create_task(self._run(s), name=f"spillway-task-{d.task_id}")
+                self._inflight[d.entry_id] = (d, run)
+
+    def _release_slot(self, d: Delivery) -> None:
+        self._inflight.pop(d.entry_id, None)
+        self._slot_freed.set()
+
+    # --- running -----------------------------------------------------------------------------
+
+    async def _run(self, s: Started) -> None:
+        d = s.delivery
+        task = self.app.tasks.get(s.type)
+        if task is None:
+            self._outcomes.put_nowait(
+                Outcome(
+                    d,
+                    s.type,
+                    "dead",
+                    f"UnknownTaskType: no handler for {s.type!r}",
+                    attempts=s.attempts,
+                )
+            )
+            return
+        try:
+            payload = task.validate_json(s.payload)
+        except PayloadInvalid as exc:
+            self._outcomes.put_nowait(
+                Outcome(d, s.type, "dead", f"PayloadInvalid: {exc}", attempts=s.attempts)
+            )
+            return
+        ctx = TaskContext(d.task_id, s.type, d.queue, s.attempts, s.max_retries)
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(s.timeout):
+                if task.is_async:
+                    result = await task.call(payload, ctx)
+                else:
+                    loop = asyncio.get_running_loop()
+                    call = functools.partial(task.call, payload, ctx)
+                    result = await loop.run_in_executor(self._executor, call)
+            value = dumps(result)
+        except TimeoutError as exc:
+            if time.monotonic() - started >= s.timeout:
+                error = f"TimeoutError: the task ran longer than its timeout of {s.timeout:g} s"
+            else:
+                error = _describe(exc)
+            self._outcomes.put_nowait(self._failure(s, task.retry_jitter, error, exc))
+        except JSONError as exc:
+            self._outcomes.put_nowait(
+                self._failure(s, task.retry_jitter, f"ResultInvalid: {exc}", exc)
+            )
+        except Exception as exc:
+            self._outcomes.put_nowait(self._failure(s, task.retry_jitter, _describe(exc), exc))
+        else:
+            self._outcomes.put_nowait(Outcome(d, s.type, "succeeded", value, attempts=s.attempts))
+
+    def _failure(self, s: Started, jitter: bool, error: str, exc: BaseException) -> Outcome:
+        d = s.delivery
+        summary = "".join(traceback.format_exception(exc, limit=-8))[-_TRACEBACK_LIMIT:]
+        if s.attempts <= s.max_retries:
+            task = self.app.tasks.get(s.type)
+            base = s.retry_base if s.retry_base is not None else (task.retry_base if task else 1.0)
+            cap = s.retry_cap if s.retry_cap is not None else (task.retry_cap if task else 60.0)
+            delay = backoff_delay(s.attempts, base, cap, jitter=jitter)
+            log.warning(
+                "task %s (%s) attempt %d failed, retrying in %.2fs: %s",
+                d.task_id, s.type, s.attempts, delay, error,
+            )  # fmt: skip
+            return Outcome(d, s.type, "retry", error, summary, int(delay * 1000), s.attempts)
+        log.error("task %s (%s) dead after %d attempts: %s", d.task_id, s.type, s.attempts, error)
+        return Outcome(d, s.type, "dead", error, summary, 0, s.attempts)
+
+    # --- finishing ---------------------------------------------------------------------------
+
+    async def _finish_loop(self) -> None:
+        while True:
+            batch = [await self._outcomes.get()]
+            while not self._outcomes.empty() and len(batch) < 1000:
+                batch.append(self._outcomes.get_nowait())
+            backoff = 0.05
+            while True:
+                try:
+                    await self.app.broker.finish(batch)
+                    break
+                except BrokerUnavailable as exc:
+                    # Keep the outcomes: they are stored as soon as Redis is back.
+                    log.warning("storing %d outcomes failed, retrying: %s", len(batch), exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+            for o in batch:
+                self.processed += 1
+                self._release_slot(o.delivery)
+                self._outcomes.task_done()
+
+    # --- keeping: due tasks, reclaims, claim renewal, heartbeat ------------------------------
+
+    async def _keep_loop(self) -> None:
+        s = self.settings
+        every = {  # seconds between runs of each chore
+            "reclaim": min(1.0, s.visibility_timeout / 4),
+            "renew": s.visibility_timeout / 3,
+            "beat": s.heartbeat_interval,
+        }
+        last = dict.fromkeys(every, time.monotonic())
+        cursors: dict[tuple[str, int], str] = {}
+        while not self._stopping.is_set():
+            now = time.monotonic()
+            try:
+                # Due tasks are checked often so delays and retry backoffs stay accurate.
+                await self.app.broker.promote_due(self.queues)
+                if now - last["reclaim"] >= every["reclaim"]:
+                    await self._reclaim(cursors)
+                    last["reclaim"] = now
+                if now - last["renew"] >= every["renew"]:
+                    await self._renew()
+                    last["renew"] = now
+                if now - last["beat"] >= every["beat"]:
+                    await self._heartbeat()
+                    last["beat"] = now
+            except BrokerUnavailable as exc:
+                log.warning("maintenance failed: %s", exc)
+            await self._sleep(_PROMOTE_INTERVAL)
+
+    async def _reclaim(self, cursors: dict[tuple[str, int], str]) -> None:
+        broker = self.app.broker
+        min_idle = int(self.settings.visibility_timeout * 1000)
+        for queue, shard in broker.streams(self.queues).values():
+            free = self._free()
+            if free <= 0 or self._stopping.is_set():
+                return
+            self._reserved += free
+            try:
+                cursor = cursors.get((queue, shard), "0-0")
+                cursor, claimed = await broker.reclaim(
+                    self.name, queue, shard, min_idle, free, cursor
+                )
+                cursors[(queue, shard)] = cursor
+            finally:
+                self._reserved -= free
+            if claimed:
+                log.warning(
+                    "reclaimed %d stalled deliveries from %s/%d", len(claimed), queue, shard
+                )
+                await self._start(claimed)
+
+    async def _renew(self) -> None:
+        mine = [d for d, _ in self._inflight.values()]
+        if mine:
+            await self.app.broker.renew(self.name, mine)
+
+    async def _heartbeat(self) -> None:
+        await self.app.broker.heartbeat(
+            WorkerInfo(
+                name=self.name,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                queues=self.queues,
+                concurrency=self.concurrency,
+                in_flight=len(self._inflight),
+                processed=self.processed,
+                started_at=self.started_at,
+                last_seen=None,
+            )
+        )
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def run_worker(app: Spillway, **kwargs: Any) -> None:
+    """Run one worker in this process (uvloop when installed) until it stops."""
+
+    async def main() -> None:
+        try:
+            await Worker(app, **kwargs).run()
+        finally:
+            await app.close()
+
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is installed everywhere but Windows
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
