@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
+from spillway import Settings, Spillway
 from spillway.embedded import EmbeddedRedis
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # --- Redis -------------------------------------------------------------------------------------
 # One throw-away server per session, on a free port (never 6379, never a server someone else
@@ -31,3 +37,50 @@ def redis_url(redis_server: EmbeddedRedis) -> str:
 def key_prefix() -> str:
     """A key prefix unique to this test."""
     return f"t{uuid.uuid4().hex[:8]}"
+
+
+# --- The engine --------------------------------------------------------------------------------
+# Each test gets its own app under its own key prefix, with short timeouts so recovery paths
+# (reclaim after the visibility timeout, retry backoff) run in well under a second.
+
+
+@pytest.fixture
+def settings(redis_url: str, key_prefix: str) -> Settings:
+    """Settings for one test: a private prefix and quick recovery timings."""
+    return Settings(
+        redis_url=redis_url,
+        prefix=key_prefix,
+        visibility_timeout=1.0,
+        retry_base=0.05,
+        retry_cap=0.2,
+        heartbeat_interval=0.5,
+        block_ms=100,
+        shutdown_grace=5.0,
+    )
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[Spillway]:
+    """A fresh application for the test to declare its tasks on."""
+    application = Spillway(settings)
+    yield application
+    await application.close()
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A plain client, to look at what Spillway wrote."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def worker_env(settings: Settings) -> dict[str, str]:
+    """Environment that makes a worker subprocess use this test's settings."""
+    env = dict(os.environ)
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            env[f"SPILLWAY_{name.upper()}"] = str(value)
+    env["PYTHONPATH"] = str(ROOT)
+    return env

@@ -340,7 +340,7 @@ class Worker:
         broker = self.app.broker
         min_idle = int(self.settings.visibility_timeout * 1000)
         for queue, shard in broker.streams(self.queues).values():
-            free = self._free()
+            free = min(self._free(), self.settings.batch_size)
             if free <= 0 or self._stopping.is_set():
                 return
             self._reserved += free
@@ -352,6 +352,7 @@ class Worker:
                 cursors[(queue, shard)] = cursor
             finally:
                 self._reserved -= free
+                self._slot_freed.set()  # the reader may be waiting for these slots
             if claimed:
                 log.warning(
                     "reclaimed %d stalled deliveries from %s/%d", len(claimed), queue, shard

@@ -170,8 +170,9 @@ class Broker:
 
     async def close(self) -> None:
         await self.waiters.close()
-        await self.client.aclose()
-        await self.blocking.aclose()
+        # The pools were passed in explicitly, so the clients do not close them by themselves.
+        await self.client.aclose(close_connection_pool=True)
+        await self.blocking.aclose(close_connection_pool=True)
 
     async def __aenter__(self) -> Broker:
         return self

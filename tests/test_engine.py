@@ -1,0 +1,488 @@
+"""The engine's promises, in one process: accept, run, retry, dead-letter, cancel, wait."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from pydantic import BaseModel
+
+from spillway import (
+    BacklogFull,
+    IdempotencyConflict,
+    PayloadInvalid,
+    ResultTimeout,
+    Settings,
+    Spillway,
+    TaskContext,
+    TaskFailed,
+    TaskNotCancellable,
+    TaskNotFound,
+    TaskStatus,
+    UnknownTaskType,
+    Worker,
+)
+from spillway.broker import GROUP
+
+
+class Item(BaseModel):
+    n: int
+
+
+async def drain(app: Spillway, **kwargs: Any) -> Worker:
+    """Run a burst worker until every queue is empty."""
+    worker = Worker(app, burst=True, **kwargs)
+    await asyncio.wait_for(worker.run(), 30)
+    return worker
+
+
+def stream_key(app: Spillway, queue: str = "default") -> str:
+    return app.broker.keys.shard(0).stream(queue)
+
+
+async def test_enqueued_task_runs_and_its_result_is_stored(app: Spillway) -> None:
+    @app.task
+    async def double(item: Item) -> dict[str, int]:
+        return {"n": item.n * 2}
+
+    task_id = await app.enqueue("double", {"n": 21})
+    assert (await app.get(task_id)).status is TaskStatus.QUEUED
+
+    await drain(app)
+
+    record = await app.get(task_id)
+    assert record.status is TaskStatus.SUCCEEDED
+    assert record.result == {"n": 42}
+    assert record.attempts == 1
+    assert record.payload == {"n": 21}
+    assert record.created_at
+    assert record.started_at
+    assert record.finished_at
+    assert record.created_at <= record.started_at <= record.finished_at
+    assert record.finished_at.tzinfo is not None
+
+
+async def test_sync_handler_runs_in_a_thread_and_gets_its_context(app: Spillway) -> None:
+    import threading
+
+    seen: list[tuple[str, int, bool]] = []
+
+    @app.task
+    def blocking(item: Item, ctx: TaskContext) -> int:
+        seen.append(
+            (ctx.task_id, ctx.attempt, threading.current_thread() is threading.main_thread())
+        )
+        return item.n
+
+    task_id = await app.enqueue(blocking, {"n": 7})
+    await drain(app)
+    assert await app.result(task_id, timeout=1) == 7
+    assert seen == [(task_id, 1, False)]
+
+
+async def test_result_returns_as_soon_as_the_task_finishes(app: Spillway) -> None:
+    release = asyncio.Event()
+
+    @app.task
+    async def gated(item: Item) -> int:
+        await release.wait()
+        return item.n
+
+    task_id = await app.enqueue("gated", {"n": 3})
+    worker = Worker(app)
+    running = asyncio.create_task(worker.run())
+    waiter = asyncio.create_task(app.result(task_id, timeout=20))
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    release.set()
+    started = time.monotonic()
+    assert await asyncio.wait_for(waiter, 5) == 3
+    # Woken by the completion notice, not by a poll interval.
+    assert time.monotonic() - started < 1.0
+    worker.stop()
+    await running
+
+
+async def test_result_times_out_for_a_task_that_does_not_finish(app: Spillway) -> None:
+    @app.task
+    async def never(item: Item) -> None:
+        return None
+
+    task_id = await app.enqueue("never", {"n": 1})
+    with pytest.raises(ResultTimeout):
+        await app.result(task_id, timeout=0.2)
+
+
+async def test_unknown_ids_are_not_found(app: Spillway) -> None:
+    with pytest.raises(TaskNotFound):
+        await app.get("0" * 32)
+    with pytest.raises(TaskNotFound):
+        await app.get("../../etc/passwd")
+
+
+async def test_unknown_type_and_invalid_payload_enqueue_nothing(
+    app: Spillway, redis: aioredis.Redis
+) -> None:
+    @app.task
+    async def typed(item: Item) -> None:
+        return None
+
+    await app.connect()
+    with pytest.raises(UnknownTaskType) as unknown:
+        await app.enqueue("nope", {"n": 1})
+    assert unknown.value.known == ["typed"]
+    with pytest.raises(PayloadInvalid) as invalid:
+        await app.enqueue("typed", {"n": "not a number"})
+    assert invalid.value.errors[0]["loc"] == ["n"]
+    assert await redis.xlen(stream_key(app)) == 0
+
+
+async def test_task_failing_twice_then_succeeding_ends_succeeded_after_backoff(
+    app: Spillway,
+) -> None:
+    starts: list[float] = []
+
+    @app.task(max_retries=3, retry_base=0.2, retry_cap=5, retry_jitter=False)
+    async def flaky(item: Item) -> str:
+        starts.append(time.monotonic())
+        if len(starts) < 3:
+            raise RuntimeError(f"failure {len(starts)}")
+        return "ok"
+
+    task_id = await app.enqueue("flaky", {"n": 1})
+    await drain(app)
+
+    record = await app.get(task_id)
+    assert record.status is TaskStatus.SUCCEEDED
+    assert record.result == "ok"
+    assert record.attempts == 3
+    # Without jitter the waits are exactly base * 2**(attempt-1): 0.2 s, then 0.4 s.
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert gaps[0] >= 0.2
+    assert gaps[1] >= 0.4
+
+
+async def test_always_failing_task_is_dead_after_all_attempts_and_replay_runs_it_again(
+    app: Spillway, redis: aioredis.Redis
+) -> None:
+    runs: list[int] = []
+    healed = False
+
+    @app.task(max_retries=3)
+    async def broken(item: Item, ctx: TaskContext) -> str:
+        runs.append(ctx.attempt)
+        if not healed:
+            raise ValueError("cannot do it")
+        return "fixed"
+
+    task_id = await app.enqueue("broken", {"n": 5})
+    await drain(app)
+
+    record = await app.get(task_id)
+    assert record.status is TaskStatus.DEAD
+    assert record.attempts == 4
+    assert runs == [1, 2, 3, 4]
+    assert record.error == "ValueError: cannot do it"
+    assert record.traceback
+    assert "cannot do it" in record.traceback
+    with pytest.raises(TaskFailed):
+        await app.result(task_id, timeout=1)
+
+    dead = await app.dead_letters()
+    assert [(d.id, d.attempts, d.error, d.payload) for d in dead] == [
+        (task_id, 4, "ValueError: cannot do it", {"n": 5})
+    ]
+    assert "cannot do it" in dead[0].traceback
+
+    healed = True
+    assert await app.replay(task_id) is True
+    assert await app.replay(task_id) is False  # already replayed: not twice
+    assert await app.dead_letters() == []
+    await drain(app)
+    record = await app.get(task_id)
+    assert record.status is TaskStatus.SUCCEEDED
+    assert record.result == "fixed"
+    assert await redis.xlen(stream_key(app)) == 0
+
+
+async def test_per_task_timeout_fails_the_run(app: Spillway) -> None:
+    @app.task(max_retries=0, timeout=0.2)
+    async def slow(item: Item) -> None:
+        await asyncio.sleep(30)
+
+    task_id = await app.enqueue("slow", {"n": 1})
+    started = time.monotonic()
+    await drain(app)
+    assert time.monotonic() - started < 5
+    record = await app.get(task_id)
+    assert record.status is TaskStatus.DEAD
+    assert record.error is not None
+    assert record.error.startswith("TimeoutError")
+
+
+async def test_backlog_over_its_limit_is_refused_and_nothing_is_trimmed(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    app = Spillway(settings.model_copy(update={"backlog_limit": 10}))
+
+    @app.task
+    async def job(item: Item) -> int:
+        return item.n
+
+    ids = [await app.enqueue("job", {"n": i}) for i in range(10)]
+    with pytest.raises(BacklogFull) as full:
+        await app.enqueue("job", {"n": 10})
+    assert full.value.retry_after > 0
+    results = await app.enqueue_many([("job", {"n": i}) for i in range(5)])
+    assert all(isinstance(r.error, BacklogFull) for r in results)
+    assert await redis.xlen(stream_key(app)) == 10
+
+    await drain(app)
+    assert [(await app.get(i)).result for i in ids] == list(range(10))
+    # Room again once the backlog is worked off.
+    assert await app.enqueue("job", {"n": 11})
+    await app.close()
+
+
+async def test_same_idempotency_key_gives_the_same_task_and_one_execution(
+    app: Spillway,
+) -> None:
+    runs: list[str] = []
+
+    @app.task
+    async def charge(item: Item, ctx: TaskContext) -> int:
+        runs.append(ctx.task_id)
+        return item.n
+
+    first = await app.enqueue("charge", {"n": 10}, idempotency_key="order-17")
+    again = await asyncio.gather(
+        *(app.enqueue("charge", {"n": 10}, idempotency_key="order-17") for _ in range(20))
+    )
+    assert set(again) == {first}
+    with pytest.raises(IdempotencyConflict) as conflict:
+        await app.enqueue("charge", {"n": 11}, idempotency_key="order-17")
+    assert conflict.value.task_id == first
+
+    await drain(app)
+    assert runs == [first]
+    # After completion the key still answers with the same task.
+    assert await app.enqueue("charge", {"n": 10}, idempotency_key="order-17") == first
+
+
+async def test_delayed_task_does_not_run_before_it_is_due(app: Spillway) -> None:
+    ran_at: list[float] = []
+
+    @app.task
+    async def later(item: Item) -> None:
+        ran_at.append(time.monotonic())
+
+    enqueued = time.monotonic()
+    task_id = await app.enqueue("later", {"n": 1}, delay=0.5)
+    record = await app.get(task_id)
+    assert record.status is TaskStatus.QUEUED
+    assert record.due_at is not None
+    await drain(app)
+    assert ran_at
+    assert ran_at[0] - enqueued >= 0.5
+    assert (await app.get(task_id)).status is TaskStatus.SUCCEEDED
+
+
+async def test_cancelled_task_never_runs_and_running_task_cannot_be_cancelled(
+    app: Spillway, redis: aioredis.Redis
+) -> None:
+    started = asyncio.Event()
+    release = asyncio.Event()
+    ran: list[int] = []
+
+    @app.task
+    async def step(item: Item) -> None:
+        ran.append(item.n)
+        if item.n == 1:
+            started.set()
+            await release.wait()
+
+    doomed = await app.enqueue("step", {"n": 0}, delay=0.3)
+    record = await app.cancel(doomed)
+    assert record.status is TaskStatus.CANCELLED
+    with pytest.raises(TaskNotCancellable):
+        await app.cancel(doomed)
+
+    running_id = await app.enqueue("step", {"n": 1})
+    worker = Worker(app)
+    run = asyncio.create_task(worker.run())
+    await asyncio.wait_for(started.wait(), 5)
+    with pytest.raises(TaskNotCancellable) as refused:
+        await app.cancel(running_id)
+    assert refused.value.status == "running"
+    release.set()
+    await app.wait(running_id, timeout=5)
+    worker.stop()
+    await run
+
+    await asyncio.sleep(0.4)  # past the cancelled task's due time
+    await drain(app)
+    assert ran == [1]
+    assert (await app.get(doomed)).status is TaskStatus.CANCELLED
+    assert await redis.xlen(stream_key(app)) == 0
+
+
+async def test_cancelling_a_queued_task_wakes_its_waiters(app: Spillway) -> None:
+    @app.task
+    async def idle(item: Item) -> None:
+        return None
+
+    task_id = await app.enqueue("idle", {"n": 1})
+    waiter = asyncio.create_task(app.wait(task_id, timeout=10))
+    await asyncio.sleep(0.05)
+    await app.cancel(task_id)
+    record = await asyncio.wait_for(waiter, 2)
+    assert record.status is TaskStatus.CANCELLED
+
+
+async def test_finish_writes_one_outcome_for_a_duplicate_delivery(app: Spillway) -> None:
+    @app.task
+    async def once(item: Item) -> int:
+        return item.n
+
+    task_id = await app.enqueue("once", {"n": 1})
+    broker = app.broker
+    streams = broker.streams(["default"])
+    deliveries = await broker.read("a", streams, 10, None)
+    started = await broker.begin(deliveries)
+    assert started[0] is not None
+    from spillway.broker import Outcome
+
+    first = Outcome(deliveries[0], "once", "succeeded", "1", attempts=1)
+    second = Outcome(deliveries[0], "once", "succeeded", "2", attempts=1)
+    assert await broker.finish([first]) == [True]
+    assert await broker.finish([second]) == [False]
+    assert (await app.get(task_id)).result == 1
+
+
+async def test_entries_spillway_did_not_write_are_dropped_and_unknown_types_dead_lettered(
+    app: Spillway, redis: aioredis.Redis
+) -> None:
+    @app.task
+    async def known(item: Item) -> None:
+        return None
+
+    await app.connect()
+    stream = stream_key(app)
+    # A foreign entry (no task id), e.g. someone's XADD with redis-cli.
+    await redis.xadd(stream, {"hello": "world"})
+    # A task record naming a type no worker knows (written by a newer API, say).
+    task_id = await app.enqueue("known", {"n": 1})
+    await redis.hset(app.broker.keys.for_task(task_id).task(task_id), "type", "vanished")
+    await drain(app)
+    record = await app.get(task_id)
+    assert record.status is TaskStatus.DEAD
+    assert record.attempts == 1
+    assert record.error is not None
+    assert "UnknownTaskType" in record.error
+    assert await redis.xlen(stream) == 0
+    assert (await redis.xpending(stream, GROUP))["pending"] == 0
+
+
+async def test_enqueue_many_accepts_each_item_on_its_own(app: Spillway) -> None:
+    @app.task
+    async def add(item: Item) -> int:
+        return item.n + 1
+
+    results = await app.enqueue_many(
+        [("add", {"n": 1}), ("add", {"n": "x"}), ("missing", {}), ("add", {"n": 3})]
+    )
+    assert [r.ok for r in results] == [True, False, False, True]
+    assert isinstance(results[1].error, PayloadInvalid)
+    assert isinstance(results[2].error, UnknownTaskType)
+    await drain(app)
+    ok = [r.task_id for r in results if r.task_id]
+    assert [await app.result(i, timeout=1) for i in ok] == [2, 4]
+
+
+async def test_stats_show_backlog_dead_letters_live_workers_and_counts(app: Spillway) -> None:
+    release = asyncio.Event()
+
+    @app.task(max_retries=0)
+    async def work(item: Item) -> None:
+        if item.n < 0:
+            raise ValueError("negative")
+        await release.wait()
+
+    for n in (1, 2, -1):
+        await app.enqueue("work", {"n": n})
+    stats = await app.stats()
+    assert [(q.queue, q.backlog, q.pending, q.dead) for q in stats.queues] == [("default", 3, 0, 0)]
+
+    worker = Worker(app, concurrency=8)
+    run = asyncio.create_task(worker.run())
+    for _ in range(100):
+        stats = await app.stats()
+        if stats.queues[0].dead == 1 and stats.queues[0].pending == 2 and stats.workers:
+            break
+        await asyncio.sleep(0.05)
+    assert stats.queues[0].pending == 2
+    assert stats.queues[0].dead == 1
+    assert [w.name for w in stats.workers] == [worker.name]
+    release.set()
+    worker.stop()
+    await run
+    stats = await app.stats()
+    assert stats.queues[0].backlog == 0
+    assert stats.counts["work"] == {"succeeded": 2, "dead": 1}
+    assert stats.workers == []  # deregistered on a clean stop
+
+
+async def test_a_slow_task_keeps_its_claim_and_is_never_run_twice(app: Spillway) -> None:
+    runs: list[str] = []
+
+    # 2.5 s of work against a 1 s visibility timeout: renewal must keep other workers off it.
+    @app.task(timeout=10)
+    async def slow(item: Item, ctx: TaskContext) -> None:
+        runs.append(ctx.task_id)
+        await asyncio.sleep(2.5)
+
+    task_id = await app.enqueue("slow", {"n": 1})
+    first, second = Worker(app, burst=True), Worker(app, burst=True)
+    await asyncio.wait_for(asyncio.gather(first.run(), second.run()), 30)
+    assert runs == [task_id]
+    assert (await app.get(task_id)).attempts == 1
+
+
+async def test_a_task_whose_worker_vanished_is_reclaimed_by_another(
+    app: Spillway, redis: aioredis.Redis
+) -> None:
+    @app.task
+    async def job(item: Item) -> int:
+        return item.n
+
+    task_id = await app.enqueue("job", {"n": 9})
+    # A consumer that reads the entry and then disappears without a word.
+    deliveries = await app.broker.read("ghost", app.broker.streams(["default"]), 10, None)
+    await app.broker.begin(deliveries)
+    assert (await app.get(task_id)).status is TaskStatus.RUNNING
+
+    await drain(app)  # waits out the 1 s visibility timeout, then reclaims
+    record = await app.get(task_id)
+    assert record.status is TaskStatus.SUCCEEDED
+    assert record.attempts == 2
+    assert (await redis.xpending(stream_key(app), GROUP))["pending"] == 0
+
+
+async def test_start_is_refused_against_a_redis_that_may_evict_keys(
+    settings: Settings,
+) -> None:
+    from spillway.embedded import EmbeddedRedis
+    from spillway.errors import EvictionPolicyError
+
+    with EmbeddedRedis() as server:
+        client = aioredis.Redis.from_url(server.url)
+        await client.config_set("maxmemory-policy", "allkeys-lru")
+        await client.aclose()
+        app = Spillway(settings.model_copy(update={"redis_url": server.url}))
+        with pytest.raises(EvictionPolicyError):
+            await app.connect()
+        await app.close()
