@@ -2,27 +2,46 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def spawn_worker(
-    env: dict[str, str], *args: str, app: str = "tests.apps.core:app"
-) -> subprocess.Popen[bytes]:
+class Proc(subprocess.Popen[bytes]):
+    """A child process whose output goes to a temporary file (a pipe could fill and block it)."""
+
+    log_path: Path
+
+
+def spawn_worker(env: dict[str, str], *args: str, app: str = "tests.apps.core:app") -> Proc:
     """`spillway worker APP ARGS...` as a child process."""
-    return subprocess.Popen(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "spillway", "worker", app, *args],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    return spawn(env, "worker", app, *args)
+
+
+def spawn(env: dict[str, str], *args: str) -> Proc:
+    """`python -m spillway ARGS...` as a child process."""
+    fd, name = tempfile.mkstemp(prefix="spillway-test-", suffix=".log")
+    try:
+        proc = Proc(
+            [sys.executable, "-m", "spillway", *args],
+            env=env,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=fd,
+            stderr=subprocess.STDOUT,
+        )
+    finally:
+        os.close(fd)
+    proc.log_path = Path(name)
+    atexit.register(proc.log_path.unlink, missing_ok=True)
+    return proc
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
@@ -44,6 +63,6 @@ def kill(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(10)
 
 
-def output(proc: subprocess.Popen[bytes]) -> str:
-    assert proc.stdout is not None
-    return proc.stdout.read().decode(errors="replace")
+def output(proc: Proc) -> str:
+    """Everything the process printed so far."""
+    return proc.log_path.read_text(errors="replace")
