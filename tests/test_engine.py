@@ -486,3 +486,21 @@ async def test_start_is_refused_against_a_redis_that_may_evict_keys(
         with pytest.raises(EvictionPolicyError):
             await app.connect()
         await app.close()
+
+
+async def test_idle_consumers_are_forgotten_only_when_they_hold_nothing(
+    app: Spillway, redis: aioredis.Redis
+) -> None:
+    @app.task
+    async def job(item: Item) -> None:
+        return None
+
+    await app.enqueue("job", {"n": 1})
+    stream = stream_key(app)
+    await redis.xgroup_createconsumer(stream, GROUP, "gone-empty")
+    await app.broker.read("gone-holding", app.broker.streams(["default"]), 10, None)
+    await asyncio.sleep(0.01)
+
+    assert await app.broker.prune_consumers(["default"], idle_ms=0) == 1
+    names = {c["name"] for c in await redis.xinfo_consumers(stream, GROUP)}
+    assert names == {"gone-holding"}  # its delivery stays claimable

@@ -315,6 +315,7 @@ class Worker:
             "reclaim": min(1.0, s.visibility_timeout / 4),
             "renew": s.visibility_timeout / 3,
             "beat": s.heartbeat_interval,
+            "prune": 60.0,
         }
         last = dict.fromkeys(every, time.monotonic())
         cursors: dict[tuple[str, int], str] = {}
@@ -332,6 +333,10 @@ class Worker:
                 if now - last["beat"] >= every["beat"]:
                     await self._heartbeat()
                     last["beat"] = now
+                if now - last["prune"] >= every["prune"]:
+                    idle_ms = int(max(600.0, s.visibility_timeout * 10) * 1000)
+                    await self.app.broker.prune_consumers(self.queues, idle_ms)
+                    last["prune"] = now
             except BrokerUnavailable as exc:
                 log.warning("maintenance failed: %s", exc)
             await self._sleep(_PROMOTE_INTERVAL)

@@ -498,6 +498,32 @@ class Broker:
 
         return sum(int(n) for n in await self._pipeline(promote))
 
+    async def prune_consumers(self, queues: Sequence[str], idle_ms: int) -> int:
+        """Forget consumers that hold no deliveries and were not seen for `idle_ms`.
+
+        Only consumers with nothing pending are removed: deleting one with pending entries
+        would make those entries unclaimable (XGROUP DELCONSUMER drops them).
+        """
+        pruned = 0
+        for stream in self.streams(queues):
+
+            async def forget(stream: str = stream) -> int:
+                try:
+                    consumers = await self.client.xinfo_consumers(stream, GROUP)
+                except ResponseError:
+                    return 0  # no such stream or group yet
+                stale = [
+                    c["name"]
+                    for c in consumers
+                    if int(c["pending"]) == 0 and int(c["idle"]) > idle_ms
+                ]
+                for name in stale:
+                    await self.client.xgroup_delconsumer(stream, GROUP, name)
+                return len(stale)
+
+            pruned += int(await self._run(forget))
+        return pruned
+
     async def backlog(self, queues: Sequence[str]) -> int:
         """Entries in the streams plus tasks in the due sets: zero means fully drained."""
         pairs = [(s, q) for s in self.keys.all_shards() for q in queues]
