@@ -504,3 +504,20 @@ async def test_idle_consumers_are_forgotten_only_when_they_hold_nothing(
     assert await app.broker.prune_consumers(["default"], idle_ms=0) == 1
     names = {c["name"] for c in await redis.xinfo_consumers(stream, GROUP)}
     assert names == {"gone-holding"}  # its delivery stays claimable
+
+
+async def test_scripts_are_reloaded_after_redis_forgets_them(
+    app: Spillway, redis: aioredis.Redis
+) -> None:
+    @app.task
+    async def echo(payload: dict[str, str]) -> dict[str, str]:
+        return payload
+
+    first = await app.enqueue("echo", {"text": "before"})
+    await redis.script_flush()
+    # Non-ASCII text crosses the hand-packed wire format intact.
+    second = await app.enqueue("echo", {"text": "après ✓ 🌊"})
+    await redis.script_flush()
+    await drain(app)
+    assert await app.result(first, timeout=1) == {"text": "before"}
+    assert await app.result(second, timeout=1) == {"text": "après ✓ 🌊"}

@@ -20,6 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from spillway.broker.keys import GROUP, Keys, ShardKeys, shard_of
 from spillway.broker.scripts import Scripts
 from spillway.broker.waiters import Waiters
+from spillway.broker.wire import Batch
 from spillway.errors import BrokerUnavailable, ConfigurationError, EvictionPolicyError
 from spillway.records import DeadTask, QueueStats, WorkerInfo, from_ms
 from spillway.settings import Settings
@@ -135,6 +136,7 @@ class Broker:
         self.keys = Keys(settings.prefix, settings.shards)
         self.scripts = Scripts()
         self.result_ttl_ms = _ms(settings.result_ttl)
+        self._idempotency_ttl_ms = _ms(settings.idempotency_ttl)
         no_retry = Retry(NoBackoff(), 0)
         common: dict[str, Any] = {
             "decode_responses": True,
@@ -243,40 +245,60 @@ class Broker:
                     future.set_result(reply)
 
     async def accept_many(self, requests: Sequence[AcceptRequest]) -> list[AcceptReply]:
-        """Write many tasks in one round trip; each is accepted or refused on its own."""
-        limit = max(1, -(-self.settings.backlog_limit // self.settings.shards))
-        idem_ttl = _ms(self.settings.idempotency_ttl)
+        """Write many tasks in one round trip; each is accepted or refused on its own.
 
-        def build(pipe: Any) -> None:
-            for r in requests:
-                shard = self.keys.for_task(r.task_id)
-                idem = shard.idempotency(r.idempotency_key) if r.idempotency_key else shard.base
-                keys = [shard.task(r.task_id), shard.stream(r.queue), shard.due(r.queue), idem]
-                args = [
-                    r.task_id, r.type, r.queue, r.payload, r.max_retries, r.timeout, r.delay_ms,
-                    limit, idem_ttl, r.fingerprint if r.idempotency_key else "",
-                    r.retry_base, r.retry_cap,
-                ]  # fmt: skip
+        One accept script call per shard (its keys share a slot), all in one pipeline.
+        """
+        limit = max(1, -(-self.settings.backlog_limit // self.settings.shards))
+        by_shard: dict[int, list[int]] = {}
+        for i, r in enumerate(requests):
+            by_shard.setdefault(shard_of(r.task_id, self.settings.shards), []).append(i)
+
+        def build(pipe: Batch) -> None:
+            for k, idx in by_shard.items():
+                shard = self.keys.shard(k)
+                keys: list[str] = []
+                args: list[Any] = [limit, self._idempotency_ttl_ms]
+                for i in idx:
+                    r = requests[i]
+                    idem = shard.idempotency(r.idempotency_key) if r.idempotency_key else shard.base
+                    keys += (shard.task(r.task_id), shard.stream(r.queue), shard.due(r.queue), idem)
+                    args += (
+                        r.task_id, r.type, r.queue, r.payload,
+                        r.fingerprint if r.idempotency_key else "", r.delay_ms,
+                        f"{r.max_retries}|{r.timeout}|{r.retry_base}|{r.retry_cap}",
+                    )  # fmt: skip
                 self.scripts.queue(pipe, "accept", keys, args)
 
-        raw = await self._pipeline(build)
-        return [
-            AcceptReply(str(x[0]), str(x[1]) if x[0] != "full" else "", _int(x[1])) for x in raw
-        ]
+        replies: list[AcceptReply | None] = [None] * len(requests)
+        for idx, items in zip(by_shard.values(), await self._pipeline(build), strict=True):
+            for i, (status, value) in zip(idx, items, strict=True):
+                if status == "full":
+                    replies[i] = AcceptReply("full", "", backlog=int(value))
+                else:
+                    replies[i] = AcceptReply(str(status), str(value))
+        return [r for r in replies if r is not None]
 
-    async def _pipeline(self, build: Callable[[Any], None], client: Redis | None = None) -> Any:
-        """Run a pipeline of script calls (reloading scripts once if the server lost them)."""
-        target = client or self.client
-        for attempt in (1, 2):
-            try:
-                async with self._guard(), target.pipeline(transaction=False) as pipe:
-                    build(pipe)
-                    return await pipe.execute()
-            except NoScriptError:
-                if attempt == 2:
-                    raise
-                await self._run(lambda: self.scripts.load(target))
-        raise AssertionError("unreachable")
+    async def _pipeline(self, build: Callable[[Batch], None]) -> list[Any]:
+        """Run a batch of script calls in one round trip; reload scripts once if Redis lost them.
+
+        Error replies are raised (the first one) after every reply has been read.
+        """
+        batch = Batch()
+        build(batch)
+        async with self._guard():
+            replies = await batch.send(self.client.connection_pool)
+            missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+            if missing:  # a restarted or flushed Redis: those calls did nothing, so resend them
+                await self.scripts.load(self.client)
+                resent = await batch.send(self.client.connection_pool, missing)
+                for i, r in zip(missing, resent, strict=True):
+                    replies[i] = r
+        for r in replies:
+            if isinstance(r, ResponseError):
+                mapped = unavailable(r)
+                raise mapped or r
+        return replies
 
     # --- read side ---------------------------------------------------------------------------
 
@@ -403,7 +425,7 @@ class Broker:
         for i, d in enumerate(deliveries):
             by_stream.setdefault((d.queue, d.shard), []).append(i)
 
-        def build(pipe: Any) -> None:
+        def build(pipe: Batch) -> None:
             for (queue, k), idx in by_stream.items():
                 shard = self.keys.shard(k)
                 keys = [shard.stream(queue), shard.dead(queue)]
@@ -433,7 +455,7 @@ class Broker:
     async def finish(self, outcomes: Sequence[Outcome]) -> list[bool]:
         """Write each outcome once (a stale delivery writes nothing), ack and delete its entry."""
 
-        def build(pipe: Any) -> None:
+        def build(pipe: Batch) -> None:
             for o in outcomes:
                 d = o.delivery
                 shard = self.keys.shard(d.shard)
@@ -471,7 +493,7 @@ class Broker:
         if not groups:
             return 0
 
-        def build(pipe: Any) -> None:
+        def build(pipe: Batch) -> None:
             for (queue, k), ids in groups.items():
                 keys = [self.keys.shard(k).stream(queue)]
                 self.scripts.queue(pipe, script, keys, [GROUP, consumer, *extra, *ids])
@@ -482,7 +504,7 @@ class Broker:
         """Move delayed and retry-waiting tasks whose time has come into their streams."""
         pairs = [(s, q) for s in self.keys.all_shards() for q in queues]
 
-        def ask(pipe: Any) -> None:
+        def ask(pipe: Batch) -> None:
             for s, q in pairs:
                 self.scripts.queue(pipe, "due", [s.due(q)], [limit])
 
@@ -491,7 +513,7 @@ class Broker:
         if not work:
             return 0
 
-        def promote(pipe: Any) -> None:
+        def promote(pipe: Batch) -> None:
             for s, q, ids in work:
                 keys = [s.due(q), s.stream(q), *(s.task(i) for i in ids)]
                 self.scripts.queue(pipe, "promote", keys, list(ids))

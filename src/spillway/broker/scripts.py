@@ -7,8 +7,9 @@ from importlib.resources import files
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
+
+from spillway.broker.wire import Batch
 
 __all__ = ["Scripts"]
 
@@ -37,5 +38,5 @@ class Scripts:
             await self.load(client)
             return await client.evalsha(self.sha[name], len(keys), *keys, *args)
 
-    def queue(self, pipe: Pipeline, name: str, keys: list[str], args: list[Any]) -> None:
+    def queue(self, pipe: Batch, name: str, keys: list[str], args: list[Any]) -> None:
         pipe.evalsha(self.sha[name], len(keys), *keys, *args)

@@ -1,44 +1,61 @@
--- accept: idempotency check + backlog limit + task record + XADD (or ZADD when delayed), atomically.
--- KEYS[1] task record (hash)   KEYS[2] shard stream   KEYS[3] due set (zset)   KEYS[4] idempotency key
--- ARGV[1] task id   ARGV[2] type   ARGV[3] queue   ARGV[4] payload (JSON)   ARGV[5] max retries
--- ARGV[6] timeout (s)   ARGV[7] delay (ms, 0 = run now)   ARGV[8] backlog limit of this shard
--- ARGV[9] idempotency TTL (ms)   ARGV[10] request fingerprint ('' = no idempotency key)
--- ARGV[11] retry base (s)   ARGV[12] retry cap (s)
--- Returns {'ok', id} | {'duplicate', existing id} | {'conflict', existing id} | {'full', backlog}
-local fingerprint = ARGV[10]
-if fingerprint ~= '' then
-  local previous = redis.call('GET', KEYS[4])
-  if previous then
-    local sep = string.find(previous, '|', 1, true)
-    local previous_id = string.sub(previous, 1, sep - 1)
-    if string.sub(previous, sep + 1) ~= fingerprint then
-      return {'conflict', previous_id}
-    end
-    return {'duplicate', previous_id}
-  end
-end
-
--- XLEN counts undelivered and in-flight entries (acknowledged ones are deleted at finish).
-local backlog = redis.call('XLEN', KEYS[2]) + redis.call('ZCARD', KEYS[3])
-if backlog >= tonumber(ARGV[8]) then
-  return {'full', tostring(backlog)}
-end
-
+-- accept: for each task of a batch (all in one shard), atomically: idempotency check, backlog
+-- limit, task record, and XADD (or ZADD into the due set when delayed). Nothing is trimmed.
+-- KEYS[4i-3..4i] for task i: its record (hash), the shard stream of its queue, that queue's due
+--   set (zset), its idempotency key (any key of the shard when it has none)
+-- ARGV[1] backlog limit per shard stream   ARGV[2] idempotency TTL (ms)
+-- ARGV[3+7(i-1)..] for task i: id, type, queue, payload (JSON), fingerprint ('' = no key),
+--   delay (ms, 0 = now), policy 'max_retries|timeout|retry_base|retry_cap'
+-- (The policy is one argument: fewer arguments make large batches markedly cheaper to send.)
+-- Returns one reply per task: {'ok', id} | {'duplicate', id} | {'conflict', id} | {'full', n}
+local limit, idem_ttl = tonumber(ARGV[1]), ARGV[2]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1],
-  'id', ARGV[1], 'type', ARGV[2], 'queue', ARGV[3], 'payload', ARGV[4], 'status', 'queued',
-  'attempts', 0, 'prior_attempts', 0, 'max_retries', ARGV[5], 'timeout', ARGV[6],
-  'retry_base', ARGV[11], 'retry_cap', ARGV[12], 'created_at', now)
-local delay = tonumber(ARGV[7])
-if delay > 0 then
-  redis.call('ZADD', KEYS[3], now + delay, ARGV[1])
-  redis.call('HSET', KEYS[1], 'entry', '', 'due_at', now + delay)
-else
-  local entry = redis.call('XADD', KEYS[2], '*', 'id', ARGV[1])
-  redis.call('HSET', KEYS[1], 'entry', entry)
+local out = {}
+for i = 1, #KEYS / 4 do
+  local record, stream, due, idem = KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1], KEYS[4 * i]
+  local a = 3 + 7 * (i - 1)
+  local id, fingerprint = ARGV[a], ARGV[a + 4]
+  local reply = nil
+  if fingerprint ~= '' then
+    local previous = redis.call('GET', idem)
+    if previous then
+      local sep = string.find(previous, '|', 1, true)
+      local previous_id = string.sub(previous, 1, sep - 1)
+      if string.sub(previous, sep + 1) ~= fingerprint then
+        reply = {'conflict', previous_id}
+      else
+        reply = {'duplicate', previous_id}
+      end
+    end
+  end
+  if not reply then
+    -- XLEN counts undelivered and in-flight entries (finished ones are deleted).
+    local backlog = redis.call('XLEN', stream) + redis.call('ZCARD', due)
+    if backlog >= limit then
+      reply = {'full', tostring(backlog)}
+    end
+  end
+  if not reply then
+    local policy = {}
+    for field in string.gmatch(ARGV[a + 6], '[^|]+') do
+      policy[#policy + 1] = field
+    end
+    redis.call('HSET', record,
+      'id', id, 'type', ARGV[a + 1], 'queue', ARGV[a + 2], 'payload', ARGV[a + 3],
+      'status', 'queued', 'attempts', 0, 'prior_attempts', 0, 'max_retries', policy[1],
+      'timeout', policy[2], 'retry_base', policy[3], 'retry_cap', policy[4], 'created_at', now)
+    local delay = tonumber(ARGV[a + 5])
+    if delay > 0 then
+      redis.call('ZADD', due, now + delay, id)
+      redis.call('HSET', record, 'entry', '', 'due_at', now + delay)
+    else
+      redis.call('HSET', record, 'entry', redis.call('XADD', stream, '*', 'id', id))
+    end
+    if fingerprint ~= '' then
+      redis.call('SET', idem, id .. '|' .. fingerprint, 'PX', idem_ttl)
+    end
+    reply = {'ok', id}
+  end
+  out[i] = reply
 end
-if fingerprint ~= '' then
-  redis.call('SET', KEYS[4], ARGV[1] .. '|' .. fingerprint, 'PX', ARGV[9])
-end
-return {'ok', ARGV[1]}
+return out
