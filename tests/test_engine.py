@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -363,17 +364,13 @@ async def test_finish_writes_one_outcome_for_a_duplicate_delivery(app: Spillway)
     assert (await app.get(task_id)).result == 1
 
 
-async def test_entries_spillway_did_not_write_are_dropped_and_unknown_types_dead_lettered(
+async def test_unknown_types_are_dead_lettered_on_their_first_delivery(
     app: Spillway, redis: aioredis.Redis
 ) -> None:
     @app.task
     async def known(item: Item) -> None:
         return None
 
-    await app.connect()
-    stream = stream_key(app)
-    # A foreign entry (no task id), e.g. someone's XADD with redis-cli.
-    await redis.xadd(stream, {"hello": "world"})
     # A task record naming a type no worker knows (written by a newer API, say).
     task_id = await app.enqueue("known", {"n": 1})
     await redis.hset(app.broker.keys.for_task(task_id).task(task_id), "type", "vanished")
@@ -383,8 +380,33 @@ async def test_entries_spillway_did_not_write_are_dropped_and_unknown_types_dead
     assert record.attempts == 1
     assert record.error is not None
     assert "UnknownTaskType" in record.error
+    assert await redis.xlen(stream_key(app)) == 0
+
+
+async def test_entries_spillway_did_not_write_are_dead_lettered_unrun(
+    app: Spillway, redis: aioredis.Redis, tmp_path: Path
+) -> None:
+    @app.task
+    async def known(item: Item) -> None:
+        return None
+
+    await app.connect()
+    canary = tmp_path / "pwned"
+    # A pickle whose loading would create the canary file: Spillway must never unpickle it.
+    blob = b"cos\nsystem\n(S'touch " + str(canary).encode() + b"'\ntR."
+    stream = stream_key(app)
+    await redis.xadd(stream, {"data": blob})  # no task id at all
+    await redis.xadd(stream, {"id": blob})  # a "task id" that names no task
+    await redis.xadd(stream, {"hello": "world"})
+    await drain(app)
+
+    assert not canary.exists()
+    dead = await app.dead_letters()
+    assert len(dead) == 3
+    assert all(d.error.startswith("Malformed") for d in dead)
     assert await redis.xlen(stream) == 0
     assert (await redis.xpending(stream, GROUP))["pending"] == 0
+    assert await app.replay_all() == 0  # there is no task in them to run
 
 
 async def test_enqueue_many_accepts_each_item_on_its_own(app: Spillway) -> None:

@@ -115,7 +115,7 @@ class DeadTask(BaseModel):
     @classmethod
     def from_entry(cls, entry_id: str, f: dict[str, str]) -> DeadTask:
         return cls(
-            id=f["id"],
+            id=f.get("id", ""),
             dead_letter_id=entry_id,
             type=f.get("type", ""),
             queue=f.get("queue", ""),

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -140,6 +141,8 @@ class Broker:
         no_retry = Retry(NoBackoff(), 0)
         common: dict[str, Any] = {
             "decode_responses": True,
+            # Entries someone else wrote may hold any bytes (a pickle, say): never crash on them.
+            "encoding_errors": "replace",
             "socket_connect_timeout": settings.redis_timeout,
             "retry": no_retry,
             "health_check_interval": 30,
@@ -385,12 +388,25 @@ class Broker:
                 if fields and "id" in fields:
                     out.append(Delivery(queue, shard, entry_id, fields["id"]))
                 else:
-                    # Not an entry Spillway wrote: acknowledge and drop it so it cannot loop.
-                    await self.drop_foreign(stream, entry_id)
+                    await self.dead_letter_malformed(queue, shard, entry_id, fields)
         return out
 
-    async def drop_foreign(self, stream: str, entry_id: str) -> None:
-        async with self._guard(), self.client.pipeline(transaction=False) as pipe:
+    async def dead_letter_malformed(
+        self, queue: str, shard: int, entry_id: str, fields: dict[str, str] | None
+    ) -> None:
+        """Move an entry Spillway did not write (no task id) to the dead letters, unrun.
+
+        Its fields are kept as JSON text for inspection; nothing in them is ever executed.
+        """
+        keys = self.keys.shard(shard)
+        stream = keys.stream(queue)
+        raw = orjson.dumps(fields or {}, default=str).decode()
+        async with self._guard(), self.client.pipeline(transaction=True) as pipe:
+            pipe.xadd(keys.dead(queue), {
+                "id": "", "type": "", "queue": queue, "payload": raw, "attempts": 1,
+                "error": "Malformed: a stream entry without a Spillway task id", "traceback": "",
+                "failed_at": int(time.time() * 1000),
+            })  # fmt: skip
             pipe.xack(stream, GROUP, entry_id)
             pipe.xdel(stream, entry_id)
             await pipe.execute()
@@ -416,7 +432,7 @@ class Broker:
             if fields and "id" in fields:
                 out.append(Delivery(queue, shard, entry_id, fields["id"]))
             elif entry_id:
-                await self.drop_foreign(stream, entry_id)
+                await self.dead_letter_malformed(queue, shard, entry_id, fields)
         return next_cursor, out
 
     async def begin(self, deliveries: Sequence[Delivery]) -> list[Started | None]:

@@ -5,7 +5,8 @@
 -- Returns one item per delivery:
 --   {'run', type, payload, attempts, max_retries, timeout, retry_base, retry_cap, created_at}
 --   {'skip'}  the entry is stale (task terminal, cancelled, missing or already acknowledged)
---   {'dead'}  deliveries exceeded the attempt limit (the process running it kept dying)
+--   {'dead'}  deliveries exceeded the attempt limit (the process running it kept dying), or the
+--             entry names no task record (malformed): moved to the dead-letter stream unrun
 local stream, dead, group = KEYS[1], KEYS[2], ARGV[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -16,7 +17,15 @@ for i = 3, #KEYS do
     'timeout', 'prior_attempts', 'id', 'retry_base', 'retry_cap', 'created_at', 'queue')
   local status = r[1]
   local pending = redis.call('XPENDING', stream, group, entry, entry, 1)
-  if (not status) or r[2] ~= entry or #pending == 0
+  if not status and #pending > 0 then
+    -- An entry naming no task Spillway wrote: dead-letter it unrun, once.
+    redis.call('XADD', dead, '*', 'id', '', 'type', '', 'queue', '', 'payload', '{}',
+      'error', 'Malformed: the entry names no known task', 'traceback', '', 'attempts', 1,
+      'failed_at', now)
+    redis.call('XACK', stream, group, entry)
+    redis.call('XDEL', stream, entry)
+    out[#out + 1] = {'dead'}
+  elseif (not status) or r[2] ~= entry or #pending == 0
       or (status ~= 'queued' and status ~= 'running') then
     redis.call('XACK', stream, group, entry)
     redis.call('XDEL', stream, entry)

@@ -1,7 +1,7 @@
 -- replay: run a dead-lettered task again under its own id, with a fresh attempt budget.
 -- KEYS[1] dead-letter stream   KEYS[2] task record   KEYS[3] shard stream
 -- ARGV[1] dead-letter entry id
--- Returns the task id, or false when the dead-letter entry no longer exists.
+-- Returns the task id, or false when the dead-letter entry no longer exists or holds no task.
 local found = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
 if #found == 0 then
   return false
@@ -10,6 +10,9 @@ local fields = found[1][2]
 local f = {}
 for i = 1, #fields, 2 do
   f[fields[i]] = fields[i + 1]
+end
+if not f['type'] or f['type'] == '' or not f['id'] or f['id'] == '' then
+  return false  -- a malformed entry: there is no task to run
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
