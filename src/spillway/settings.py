@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings"]
 
@@ -45,3 +47,20 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(default=1_048_576, ge=64)
     max_json_depth: int = Field(default=32, ge=1, le=256)
     check_eviction_policy: bool = True
+    # HTTP API.
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="API keys (comma-separated in the environment); empty: no authentication.",
+    )
+    default_task_type: str | None = Field(
+        default=None, description="Task type whose payload `POST /process` takes as its body."
+    )
+    max_batch: int = Field(default=1000, ge=1, le=10_000, description="Tasks per batch request.")
+    max_batch_bytes: int = Field(default=16_777_216, ge=1024)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_api_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
