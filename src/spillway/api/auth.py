@@ -1,0 +1,69 @@
+"""Optional API-key authentication, checked on the request headers before any body is read."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable, Sequence
+
+from pydantic import SecretStr
+
+from spillway.api.problems import HTTPProblem
+
+__all__ = ["ANONYMOUS", "PUBLIC_PATHS", "Auth"]
+
+#: The idempotency scope of requests when authentication is off.
+ANONYMOUS = "anon"
+
+#: Paths that answer without a key: probes and the API description.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="spillway"'}
+
+
+class Auth:
+    """Accepts ``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` when keys are configured.
+
+    Identifies the caller by a short hash of its key, so idempotency keys are scoped per API
+    key without the key itself being stored or logged anywhere.
+    """
+
+    def __init__(self, keys: Sequence[SecretStr]) -> None:
+        self._keys = [
+            (k.get_secret_value().encode(), _scope_of(k.get_secret_value())) for k in keys
+        ]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._keys)
+
+    def identify(self, headers: Iterable[tuple[bytes, bytes]]) -> str:
+        """The caller's idempotency scope; `HTTPProblem` 401 without a valid key."""
+        if not self._keys:
+            return ANONYMOUS
+        given = _presented_key(headers)
+        if given is None:
+            raise HTTPProblem(401, "unauthorized", "an API key is required", headers=_CHALLENGE)
+        found = None
+        # Compare against every key in constant time, without stopping at a match.
+        for key, scope in self._keys:
+            if hmac.compare_digest(given, key):
+                found = scope
+        if found is None:
+            raise HTTPProblem(401, "unauthorized", "the API key is not valid", headers=_CHALLENGE)
+        return found
+
+
+def _presented_key(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, credentials = value.strip().partition(b" ")
+            if scheme.lower() == b"bearer" and credentials.strip():
+                return credentials.strip()
+        elif name == b"x-api-key" and value.strip():
+            return value.strip()
+    return None
+
+
+def _scope_of(key: str) -> str:
+    return "k" + hashlib.sha256(key.encode()).hexdigest()[:16]

@@ -1,0 +1,91 @@
+"""Redis trouble and a full backlog: 503/429 with Retry-After, never a hang and never a 202."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+from tests.api.servers import ApiServer, drain
+
+from spillway.embedded import EmbeddedRedis
+
+RESIZE = {"url": "https://example.com/cat.jpg", "width": 3, "height": 4}
+TASK = {"type": "resize", "payload": RESIZE}
+
+
+async def test_paused_redis_gives_503_within_the_timeout_and_healthz_stays_fast(
+    http: httpx.AsyncClient, redis_server: EmbeddedRedis
+) -> None:
+    task_id = (await http.post("/tasks", json=TASK)).json()["task_id"]
+    redis_server.pause()
+    try:
+        started = time.monotonic()
+        answers = await asyncio.gather(
+            *(http.post("/tasks", json=TASK) for _ in range(8)),
+            http.get(f"/tasks/{task_id}"),
+            http.get("/readyz"),
+        )
+        elapsed = time.monotonic() - started
+        health_started = time.monotonic()
+        health = await http.get("/healthz")
+        health_elapsed = time.monotonic() - health_started
+    finally:
+        redis_server.resume()
+
+    # The server's Redis timeout is 0.25 s: a request may wait out one stuck round trip
+    # before its own fails, so 4x that bounds it.
+    assert elapsed < 1.0
+    assert [a.status_code for a in answers] == [503] * 10
+    for answer in answers:
+        assert answer.headers["retry-after"] == "1"
+        assert answer.json()["type"] == "urn:spillway:problem:broker-unavailable"
+    assert health.status_code == 200
+    assert health_elapsed < 0.2
+    after = await http.post("/tasks", json=TASK)
+    assert after.status_code == 202
+
+
+async def test_full_backlog_is_429_with_retry_after_and_trims_nothing(
+    tight_server: ApiServer,
+) -> None:
+    app = tight_server.spillway()
+    try:
+        await drain(app)
+        async with httpx.AsyncClient(base_url=tight_server.url) as http:
+            accepted = [(await http.post("/tasks", json=TASK)).json()["task_id"] for _ in range(3)]
+            refused = await http.post("/tasks", json=TASK)
+            batch = await http.post("/tasks/batch", json={"tasks": [TASK]})
+
+        assert refused.status_code == 429
+        assert refused.headers["retry-after"] == "1"
+        assert refused.json()["type"] == "urn:spillway:problem:backlog-full"
+        assert batch.json()["results"][0]["error"]["status"] == 429
+        assert [(await app.get(t)).status for t in accepted] == ["queued"] * 3
+        assert await app.broker.backlog(app.queues) == 3
+    finally:
+        await drain(app)
+        await app.close()
+
+
+def test_start_up_fails_when_redis_may_evict_keys(tmp_path: Path) -> None:
+    with EmbeddedRedis(extra_args=["--maxmemory-policy", "allkeys-lru"]) as evicting:
+        server = ApiServer(evicting.url).start(tmp_path, wait=False)
+        try:
+            assert server.process is not None
+            code = server.process.wait(30)
+        finally:
+            server.stop()
+
+    assert code != 0
+    assert "maxmemory-policy" in server.log()
+
+
+def test_sigterm_stops_the_server_cleanly(redis_server: EmbeddedRedis, tmp_path: Path) -> None:
+    server = ApiServer(redis_server.url).start(tmp_path)
+
+    code = server.stop()
+
+    assert code == 0
+    assert "Traceback" not in server.log()

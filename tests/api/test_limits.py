@@ -1,0 +1,73 @@
+"""Body limits, enforced while the body streams in: 413 before the rest is sent."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+from tests.api.servers import ApiServer
+
+LIMIT = 1_048_576  # the default max_payload_bytes
+
+
+async def _exchange(server: ApiServer, head: bytes, body_parts: list[bytes]) -> bytes:
+    """Send a request head and some body bytes, never the rest, and read the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(head)
+        for part in body_parts:
+            writer.write(part)
+            await writer.drain()
+        async with asyncio.timeout(5):
+            return await reader.readuntil(b"\r\n\r\n")
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_declared_size_over_the_limit_is_413_before_any_body_is_sent(
+    api_server: ApiServer,
+) -> None:
+    head = (
+        b"POST /tasks HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 10485760\r\n\r\n"
+    )
+    answer = await _exchange(api_server, head, [])
+
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert b"content-type: application/problem+json" in answer.lower()
+
+
+async def test_chunked_body_over_the_limit_is_413_without_reading_the_rest(
+    api_server: ApiServer,
+) -> None:
+    head = (
+        b"POST /tasks HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    chunk = b"x" * 65536
+    framed = b"%x\r\n%s\r\n" % (len(chunk), chunk)
+    # Just over the limit, and never the terminating zero-length chunk.
+    answer = await _exchange(api_server, head, [framed] * (LIMIT // len(chunk) + 1))
+
+    assert answer.startswith(b"HTTP/1.1 413 ")
+
+
+async def test_body_within_the_limit_is_accepted(http: httpx.AsyncClient) -> None:
+    blob = "x" * (LIMIT - 100)
+    response = await http.post("/tasks", json={"type": "echo", "payload": {"blob": blob}})
+
+    assert response.status_code == 202
+
+
+async def test_chunked_body_within_the_limit_is_accepted(http: httpx.AsyncClient) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"type": "echo", '
+        yield b'"payload": {"n": 1}}'
+
+    response = await http.post(
+        "/tasks", content=chunks(), headers={"Content-Type": "application/json"}
+    )
+
+    assert response.status_code == 202
