@@ -1,6 +1,7 @@
 """Spillway: a durable HTTP front door and task queue on Redis Streams."""
 
 from spillway.app import EnqueueItem, Spillway
+from spillway.client import AsyncClient, Client
 from spillway.errors import (
     BacklogFull,
     BrokerUnavailable,
@@ -24,8 +25,10 @@ from spillway.worker import Worker
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncClient",
     "BacklogFull",
     "BrokerUnavailable",
+    "Client",
     "ConfigurationError",
     "DeadTask",
     "EmbeddedRedisError",
