@@ -1,0 +1,116 @@
+"""What the ``spillway`` command shows in a terminal: rich tables and panels, no I/O."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import orjson
+from rich.console import Group
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from spillway.app import Spillway
+from spillway.records import DeadTask, Stats, TaskRecord
+
+__all__ = ["dead_letters", "dev_panel", "local_time", "record", "stats"]
+
+
+def dev_panel(
+    app: Spillway, app_ref: str, port: int, redis_url: str, embedded: bool, has_api: bool
+) -> Panel:
+    """Where to look while `spillway dev` runs."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    base = f"http://127.0.0.1:{port}"
+    task_type, payload = (
+        ("word_count", '{"text": "to be or not to be"}')
+        if "word_count" in app.tasks
+        else (next(iter(app.tasks), "TYPE"), "{}")
+    )
+    body = f'{{"type": "{task_type}", "payload": {payload}}}'
+    if has_api:
+        grid.add_row("API", base)
+        grid.add_row("Docs", f"{base}/docs")
+    else:
+        grid.add_row("API", "[yellow]not available yet (spillway.api is missing); worker only[/]")
+    grid.add_row("Redis", redis_url + ("  (embedded, removed on exit)" if embedded else ""))
+    grid.add_row("App", f"{app_ref}  tasks: {', '.join(sorted(app.tasks)) or '(none)'}")
+    if has_api:
+        grid.add_row(
+            "Submit", f"curl -s {base}/tasks -H 'content-type: application/json' -d '{body}'"
+        )
+        grid.add_row("Result", f"curl -s '{base}/tasks/TASK_ID?wait=10'")
+    else:
+        grid.add_row("Submit", f"SPILLWAY_REDIS_URL={redis_url} spillway submit {task_type} "
+                               f"'{payload}' --app {app_ref}")  # fmt: skip
+    grid.add_row("Stats", f"SPILLWAY_REDIS_URL={redis_url} spillway stats --watch 1")
+    grid.add_row("Stop", "Ctrl-C")
+    return Panel(grid, title="spillway dev is running", title_align="left", expand=False)
+
+
+def stats(figures: Stats) -> Group:
+    """Queues, workers and outcome counts as three tables."""
+    queues = Table(title="Queues", title_justify="left")
+    for name in ("queue", "backlog", "pending", "delayed", "dead"):
+        queues.add_column(name, justify="left" if name == "queue" else "right")
+    for q in figures.queues:
+        queues.add_row(q.queue, str(q.backlog), str(q.pending), str(q.delayed), str(q.dead))
+    workers = Table(title=f"Workers ({len(figures.workers)} live)", title_justify="left")
+    for name in ("name", "queues", "concurrency", "in flight", "processed", "last seen"):
+        workers.add_column(name, justify="right" if name in ("in flight", "processed") else "left")
+    for w in figures.workers:
+        workers.add_row(
+            w.name, ",".join(w.queues), str(w.concurrency), str(w.in_flight), str(w.processed),
+            local_time(w.last_seen),
+        )  # fmt: skip
+    outcomes = sorted({kind for per_type in figures.counts.values() for kind in per_type})
+    counts = Table(title="Outcomes", title_justify="left")
+    counts.add_column("type")
+    for kind in outcomes:
+        counts.add_column(kind, justify="right")
+    for task_type, per_type in sorted(figures.counts.items()):
+        counts.add_row(task_type, *(str(per_type.get(kind, 0)) for kind in outcomes))
+    return Group(queues, workers, counts)
+
+
+def local_time(value: datetime | None) -> str:
+    """A timestamp in the local time zone, to the second; "-" for none."""
+    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def dead_letters(dead: list[DeadTask]) -> Group:
+    """Dead letters, newest first: one line of facts, then the last error, per task."""
+    lines: list[Text] = [Text(f"Dead letters ({len(dead)} shown)", style="italic")]
+    for d in dead:
+        head = Text.assemble(
+            (d.id, "bold"), f"  {d.type}  queue {d.queue}  {d.attempts} attempts  ",
+            f"failed {local_time(d.failed_at)}",
+        )  # fmt: skip
+        lines += [head, Text(f"  {d.error}", style="red")]
+    return Group(*lines)
+
+
+def record(task: TaskRecord) -> Table:
+    """One task's status record as a two-column grid."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column(overflow="fold")
+    colour = {"succeeded": "green", "dead": "red", "failed": "yellow"}.get(task.status, "cyan")
+    grid.add_row("id", task.id)
+    grid.add_row("type", f"{task.type} (queue {task.queue})")
+    grid.add_row("status", f"[{colour}]{task.status}[/]")
+    grid.add_row("attempts", f"{task.attempts} of at most {task.max_retries + 1}")
+    if task.result is not None:
+        grid.add_row("result", escape(orjson.dumps(task.result).decode()))
+    if task.error:
+        grid.add_row("error", escape(task.error))
+    for label, when in (
+        ("created", task.created_at), ("started", task.started_at),
+        ("finished", task.finished_at), ("due", task.due_at),
+    ):  # fmt: skip
+        if when is not None:
+            grid.add_row(label, local_time(when))
+    return grid
