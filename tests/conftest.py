@@ -6,12 +6,15 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 import redis.asyncio as aioredis
 
 from spillway import Settings, Spillway
+from spillway.broker.connection import make_client
 from spillway.embedded import EmbeddedRedis
+from spillway.embedded_cluster import EmbeddedCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,10 +30,22 @@ def redis_server() -> Iterator[EmbeddedRedis]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[EmbeddedCluster]:
+    """A local Redis Cluster of three primaries, each with a replica (started on first use)."""
+    with EmbeddedCluster(primaries=3, replicas=1) as cluster:
+        yield cluster
+
+
 @pytest.fixture
-def redis_url(redis_server: EmbeddedRedis) -> str:
-    """URL of the session's Redis server."""
-    return redis_server.url
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """Where the engine under test keeps its data: the session's single server, or with
+    SPILLWAY_TEST_CLUSTER=1 (`make test-cluster`) the local cluster."""
+    if os.environ.get("SPILLWAY_TEST_CLUSTER") == "1":
+        cluster: EmbeddedCluster = request.getfixturevalue("redis_cluster")
+        return cluster.url
+    server: EmbeddedRedis = request.getfixturevalue("redis_server")
+    return server.url
 
 
 @pytest.fixture
@@ -50,6 +65,7 @@ def settings(redis_url: str, key_prefix: str) -> Settings:
     return Settings(
         redis_url=redis_url,
         prefix=key_prefix,
+        shards=int(os.environ.get("SPILLWAY_TEST_SHARDS", "1")),
         visibility_timeout=1.0,
         retry_base=0.05,
         retry_cap=0.2,
@@ -69,10 +85,13 @@ async def app(settings: Settings) -> AsyncIterator[Spillway]:
 
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    """A plain client, to look at what Spillway wrote."""
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    await client.aclose()
+    """A plain client (a cluster client on a cluster), to look at what Spillway wrote."""
+    client = make_client(redis_url, socket_timeout=5, connect_timeout=5, max_connections=16)
+    yield cast(aioredis.Redis, client)
+    if isinstance(client, aioredis.Redis):
+        await client.aclose(close_connection_pool=True)
+    else:
+        await client.aclose()
 
 
 @pytest.fixture

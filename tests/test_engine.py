@@ -27,7 +27,7 @@ from spillway import (
     UnknownTaskType,
     Worker,
 )
-from spillway.broker import GROUP
+from spillway.broker import GROUP, Delivery
 
 
 class Item(BaseModel):
@@ -42,7 +42,28 @@ async def drain(app: Spillway, **kwargs: Any) -> Worker:
 
 
 def stream_key(app: Spillway, queue: str = "default") -> str:
+    """The stream of shard 0 (where tests inject entries by hand)."""
     return app.broker.keys.shard(0).stream(queue)
+
+
+async def stream_lengths(app: Spillway, redis: aioredis.Redis) -> int:
+    """Entries in every shard stream of the default queue."""
+    return sum([await redis.xlen(s) for s in app.broker.streams(["default"])])
+
+
+async def pending(app: Spillway, redis: aioredis.Redis) -> int:
+    """Delivered-but-unacknowledged entries over every shard stream of the default queue."""
+    return sum(
+        [(await redis.xpending(s, GROUP))["pending"] for s in app.broker.streams(["default"])]
+    )
+
+
+async def read_everything(app: Spillway, consumer: str) -> list[Delivery]:
+    """Read as `consumer` from each shard stream in turn (a read cannot span cluster slots)."""
+    out: list[Delivery] = []
+    for stream, where in app.broker.streams(["default"]).items():
+        out += await app.broker.read(consumer, {stream: where}, 10, None)
+    return out
 
 
 async def test_enqueued_task_runs_and_its_result_is_stored(app: Spillway) -> None:
@@ -139,7 +160,7 @@ async def test_unknown_type_and_invalid_payload_enqueue_nothing(
     with pytest.raises(PayloadInvalid) as invalid:
         await app.enqueue("typed", {"n": "not a number"})
     assert invalid.value.errors[0]["loc"] == ["n"]
-    assert await redis.xlen(stream_key(app)) == 0
+    assert await stream_lengths(app, redis) == 0
 
 
 async def test_task_failing_twice_then_succeeding_ends_succeeded_after_backoff(
@@ -207,7 +228,7 @@ async def test_always_failing_task_is_dead_after_all_attempts_and_replay_runs_it
     record = await app.get(task_id)
     assert record.status is TaskStatus.SUCCEEDED
     assert record.result == "fixed"
-    assert await redis.xlen(stream_key(app)) == 0
+    assert await stream_lengths(app, redis) == 0
 
 
 async def test_per_task_timeout_fails_the_run(app: Spillway) -> None:
@@ -228,7 +249,8 @@ async def test_per_task_timeout_fails_the_run(app: Spillway) -> None:
 async def test_backlog_over_its_limit_is_refused_and_nothing_is_trimmed(
     settings: Settings, redis: aioredis.Redis
 ) -> None:
-    app = Spillway(settings.model_copy(update={"backlog_limit": 10}))
+    # One shard: the limit is split evenly over shards, which would blur the exact count here.
+    app = Spillway(settings.model_copy(update={"backlog_limit": 10, "shards": 1}))
 
     @app.task
     async def job(item: Item) -> int:
@@ -240,7 +262,7 @@ async def test_backlog_over_its_limit_is_refused_and_nothing_is_trimmed(
     assert full.value.retry_after > 0
     results = await app.enqueue_many([("job", {"n": i}) for i in range(5)])
     assert all(isinstance(r.error, BacklogFull) for r in results)
-    assert await redis.xlen(stream_key(app)) == 10
+    assert await stream_lengths(app, redis) == 10
 
     await drain(app)
     assert [(await app.get(i)).result for i in ids] == list(range(10))
@@ -328,7 +350,7 @@ async def test_cancelled_task_never_runs_and_running_task_cannot_be_cancelled(
     await drain(app)
     assert ran == [1]
     assert (await app.get(doomed)).status is TaskStatus.CANCELLED
-    assert await redis.xlen(stream_key(app)) == 0
+    assert await stream_lengths(app, redis) == 0
 
 
 async def test_cancelling_a_queued_task_wakes_its_waiters(app: Spillway) -> None:
@@ -351,8 +373,7 @@ async def test_finish_writes_one_outcome_for_a_duplicate_delivery(app: Spillway)
 
     task_id = await app.enqueue("once", {"n": 1})
     broker = app.broker
-    streams = broker.streams(["default"])
-    deliveries = await broker.read("a", streams, 10, None)
+    deliveries = await read_everything(app, "a")
     started = await broker.begin(deliveries)
     assert started[0] is not None
     from spillway.broker import Outcome
@@ -380,7 +401,7 @@ async def test_unknown_types_are_dead_lettered_on_their_first_delivery(
     assert record.attempts == 1
     assert record.error is not None
     assert "UnknownTaskType" in record.error
-    assert await redis.xlen(stream_key(app)) == 0
+    assert await stream_lengths(app, redis) == 0
 
 
 async def test_entries_spillway_did_not_write_are_dead_lettered_unrun(
@@ -404,8 +425,8 @@ async def test_entries_spillway_did_not_write_are_dead_lettered_unrun(
     dead = await app.dead_letters()
     assert len(dead) == 3
     assert all(d.error.startswith("Malformed") for d in dead)
-    assert await redis.xlen(stream) == 0
-    assert (await redis.xpending(stream, GROUP))["pending"] == 0
+    assert await stream_lengths(app, redis) == 0
+    assert await pending(app, redis) == 0
     assert await app.replay_all() == 0  # there is no task in them to run
 
 
@@ -483,7 +504,7 @@ async def test_a_task_whose_worker_vanished_is_reclaimed_by_another(
 
     task_id = await app.enqueue("job", {"n": 9})
     # A consumer that reads the entry and then disappears without a word.
-    deliveries = await app.broker.read("ghost", app.broker.streams(["default"]), 10, None)
+    deliveries = await read_everything(app, "ghost")
     await app.broker.begin(deliveries)
     assert (await app.get(task_id)).status is TaskStatus.RUNNING
 
@@ -491,7 +512,7 @@ async def test_a_task_whose_worker_vanished_is_reclaimed_by_another(
     record = await app.get(task_id)
     assert record.status is TaskStatus.SUCCEEDED
     assert record.attempts == 2
-    assert (await redis.xpending(stream_key(app), GROUP))["pending"] == 0
+    assert await pending(app, redis) == 0
 
 
 async def test_start_is_refused_against_a_redis_that_may_evict_keys(
@@ -518,9 +539,10 @@ async def test_idle_consumers_are_forgotten_only_when_they_hold_nothing(
         return None
 
     await app.enqueue("job", {"n": 1})
-    stream = stream_key(app)
+    streams = app.broker.streams(["default"])
+    stream = next(iter([s for s in streams if await redis.xlen(s)]))  # the task's shard
     await redis.xgroup_createconsumer(stream, GROUP, "gone-empty")
-    await app.broker.read("gone-holding", app.broker.streams(["default"]), 10, None)
+    await app.broker.read("gone-holding", {stream: streams[stream]}, 10, None)
     await asyncio.sleep(0.01)
 
     assert await app.broker.prune_consumers(["default"], idle_ms=0) == 1

@@ -28,14 +28,18 @@ async def runs(redis: aioredis.Redis, prefix: str) -> dict[str, int]:
     return {str(k): int(v) for k, v in raw.items()}
 
 
-async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> None:
-    """Poll a cheap async predicate until it holds (bounded)."""
+async def wait_until(
+    predicate: Callable[[], Awaitable[bool]],
+    timeout: float = 20.0,
+    describe: Callable[[], str] = lambda: "",
+) -> None:
+    """Poll a cheap async predicate until it holds (bounded); `describe` explains a failure."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if await predicate():
             return
         await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached in time")
+    raise AssertionError(f"condition not reached in time\n{describe()}")
 
 
 async def test_ten_thousand_tasks_on_four_processes_each_succeed_exactly_once(
@@ -64,9 +68,9 @@ async def test_ten_thousand_tasks_on_four_processes_each_succeed_exactly_once(
                 pipe.hget(app.broker.keys.for_task(task_id).task(task_id), "status")
             statuses.update(await pipe.execute())
     assert statuses == {"succeeded"}
-    stream = app.broker.keys.shard(0).stream("default")
-    assert await redis.xlen(stream) == 0
-    assert (await redis.xpending(stream, GROUP))["pending"] == 0
+    for stream in app.broker.streams(["default"]):
+        assert await redis.xlen(stream) == 0
+        assert (await redis.xpending(stream, GROUP))["pending"] == 0
 
 
 async def test_tasks_of_a_killed_worker_are_completed_by_another_after_the_visibility_timeout(
@@ -80,7 +84,7 @@ async def test_tasks_of_a_killed_worker_are_completed_by_another_after_the_visib
         async def all_running() -> bool:
             return all([(await app.get(i)).status is TaskStatus.RUNNING for i in ids])
 
-        await wait_until(all_running)
+        await wait_until(all_running, describe=lambda: output(victim))
     finally:
         kill(victim)
 
@@ -127,7 +131,7 @@ async def test_sigterm_lets_running_tasks_finish_and_exits_zero(
         return all([(await app.get(i)).status is TaskStatus.RUNNING for i in first])
 
     try:
-        await wait_until(running)
+        await wait_until(running, describe=lambda: output(worker))
         later = [await app.enqueue("count", {}) for _ in range(3)]
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(20) == 0

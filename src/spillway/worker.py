@@ -65,6 +65,8 @@ class Worker:
         self.started_at = datetime.now(UTC)
         self._inflight: dict[str, tuple[Delivery, asyncio.Task[None] | None]] = {}
         self._reserved = 0
+        self._readers_waiting = 0
+        self._busy_waiting = 0  # waiting readers whose stream had entries at their last read
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._outcomes: asyncio.Queue[Outcome] = asyncio.Queue()
@@ -95,7 +97,12 @@ class Worker:
         finisher = asyncio.create_task(self._finish_loop(), name="spillway-finisher")
         keeper = asyncio.create_task(self._keep_loop(), name="spillway-keeper")
         try:
-            await self._read_loop()
+            # One reader per shard stream: on a cluster a stream read cannot span slots, and
+            # separate readers let a busy shard's work flow while another is empty.
+            streams = self.app.broker.streams(self.queues)
+            async with asyncio.TaskGroup() as readers:
+                for stream, where in streams.items():
+                    readers.create_task(self._read_loop({stream: where}), name=f"read-{stream}")
         finally:
             await self._shutdown(finisher, keeper)
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -156,21 +163,37 @@ class Worker:
     def _free(self) -> int:
         return self.concurrency - len(self._inflight) - self._reserved
 
-    async def _read_loop(self) -> None:
+    async def _read_loop(self, stream: dict[str, tuple[str, int]]) -> None:
+        """Read one shard stream while slots are free.
+
+        Slots are reserved before a read so deliveries never exceed the concurrency. Three
+        rules keep shards from starving each other: a reader whose stream was empty reserves a
+        single slot for its (blocking) wait, so idle shards do not hold capacity a busy one
+        could use; an idle reader waits while a busy one is waiting for slots; and a reader
+        takes only its share of the free slots while other readers are waiting too.
+        """
         broker = self.app.broker
-        streams = broker.streams(self.queues)
         block_ms = min(self.settings.block_ms, 100) if self.burst else self.settings.block_ms
         backoff = 0.1
+        idle = False
         while not self._stopping.is_set():
             free = self._free()
-            if free <= 0:
+            # An idle reader lets readers that have work waiting take free slots first.
+            if free <= 0 or (idle and self._busy_waiting > 0):
+                self._readers_waiting += 1
+                self._busy_waiting += not idle
                 self._slot_freed.clear()
-                await self._slot_freed.wait()
+                try:
+                    await self._slot_freed.wait()
+                finally:
+                    self._readers_waiting -= 1
+                    self._busy_waiting -= not idle
                 continue
-            count = max(1, min(free, self.settings.batch_size) // len(streams))
-            self._reserved += count * len(streams)
+            share = -(-free // (1 + self._readers_waiting))
+            count = 1 if idle else min(share, self.settings.batch_size)
+            self._reserved += count
             try:
-                deliveries = await broker.read(self.name, streams, count, block_ms)
+                deliveries = await broker.read(self.name, stream, count, block_ms)
                 backoff = 0.1
             except BrokerUnavailable as exc:
                 log.warning("read failed: %s", exc)
@@ -178,15 +201,22 @@ class Worker:
                 backoff = min(backoff * 2, 5.0)
                 continue
             finally:
-                self._reserved -= count * len(streams)
+                self._reserved -= count
+                self._slot_freed.set()  # other readers may be waiting for these slots
+            idle = not deliveries
             if deliveries:
                 await self._start(deliveries)
             elif self.burst and await self._drained_now():
-                log.info("burst: queues drained")
+                if not self._stopping.is_set():
+                    log.info("burst: queues drained")
+                self._stopping.set()
+                self._slot_freed.set()
                 return
 
     async def _drained_now(self) -> bool:
-        if self._inflight or self._reserved:
+        # Reservations of other readers do not count: any entry they could still receive is
+        # in a stream, so the backlog (which counts delivered-but-unfinished entries) shows it.
+        if self._inflight:
             return False
         try:
             return await self.app.broker.backlog(self.queues) == 0

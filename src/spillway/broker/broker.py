@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import socket
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from spillway.broker.connection import AnyRedis, make_client, pubsub_client
 from spillway.broker.keys import GROUP, Keys, ShardKeys, shard_of
 from spillway.broker.scripts import Scripts
 from spillway.broker.waiters import Waiters
@@ -138,36 +138,26 @@ class Broker:
         self.scripts = Scripts()
         self.result_ttl_ms = _ms(settings.result_ttl)
         self._idempotency_ttl_ms = _ms(settings.idempotency_ttl)
-        no_retry = Retry(NoBackoff(), 0)
-        common: dict[str, Any] = {
-            "decode_responses": True,
-            # Entries someone else wrote may hold any bytes (a pickle, say): never crash on them.
-            "encoding_errors": "replace",
-            "socket_connect_timeout": settings.redis_timeout,
-            "retry": no_retry,
-            "health_check_interval": 30,
-            "client_name": f"spillway:{socket.gethostname()}",
-        }
-        self.client = Redis(
-            connection_pool=BlockingConnectionPool.from_url(
-                settings.redis_url,
-                max_connections=64,
-                timeout=settings.redis_timeout,
-                socket_timeout=settings.redis_timeout,
-                **common,
-            )
+        self.client: AnyRedis = make_client(
+            settings.redis_url,
+            socket_timeout=settings.redis_timeout,
+            connect_timeout=settings.redis_timeout,
+            max_connections=64,
         )
         # Blocking reads wait up to block_ms on the server, so they get a longer socket timeout.
-        self.blocking = Redis(
-            connection_pool=BlockingConnectionPool.from_url(
-                settings.redis_url,
-                max_connections=8,
-                timeout=settings.redis_timeout,
-                socket_timeout=settings.block_ms / 1000 + settings.redis_timeout,
-                **common,
-            )
+        self.blocking: AnyRedis = make_client(
+            settings.redis_url,
+            socket_timeout=settings.block_ms / 1000 + settings.redis_timeout,
+            connect_timeout=settings.redis_timeout,
+            max_connections=64,
         )
-        self.waiters = Waiters(self.client, self._terminal_status)
+        self.cluster = isinstance(self.client, RedisCluster)
+        self._gate: asyncio.Semaphore | contextlib.nullcontext[None] = (
+            asyncio.Semaphore(64) if self.cluster else contextlib.nullcontext()
+        )
+        self.waiters = Waiters(
+            lambda: pubsub_client(self.client, settings.redis_timeout), self._terminal_status
+        )
         self._accept_queue: list[tuple[AcceptRequest, asyncio.Future[AcceptReply]]] = []
         self._accept_flusher: asyncio.Task[None] | None = None
 
@@ -175,9 +165,12 @@ class Broker:
 
     async def close(self) -> None:
         await self.waiters.close()
-        # The pools were passed in explicitly, so the clients do not close them by themselves.
-        await self.client.aclose(close_connection_pool=True)
-        await self.blocking.aclose(close_connection_pool=True)
+        for client in (self.client, self.blocking):
+            if isinstance(client, Redis):
+                # The pool was passed in explicitly, so the client would not close it by itself.
+                await client.aclose(close_connection_pool=True)
+            else:
+                await client.aclose()
 
     async def __aenter__(self) -> Broker:
         return self
@@ -186,10 +179,14 @@ class Broker:
         await self.close()
 
     @asynccontextmanager
-    async def _guard(self) -> AsyncIterator[None]:
-        """Turn "Redis is down or refusing" into `BrokerUnavailable`; let bugs through."""
+    async def _guard(self, timeout: float | None = None) -> AsyncIterator[None]:
+        """Bound a call in time and turn "Redis is down or refusing" into `BrokerUnavailable`.
+
+        Bugs (any other error) pass through. On a cluster, calls also wait for one of a bounded
+        number of slots: a burst of new connections to one node overflows its accept backlog.
+        """
         try:
-            async with asyncio.timeout(self.settings.redis_timeout * 2):
+            async with asyncio.timeout(timeout or self.settings.redis_timeout * 2), self._gate:
                 yield
         except NoScriptError:
             raise
@@ -209,17 +206,35 @@ class Broker:
         await self._run(self.client.ping)
 
     async def check_server(self) -> None:
-        """Refuse a Redis older than 6.2 or one that may evict keys; load the scripts."""
-        info: dict[str, Any] = await self._run(lambda: self.client.info("server"))
-        version = str(info.get("redis_version", "0"))
-        if tuple(int(p) for p in version.split(".")[:2]) < (6, 2):
-            raise ConfigurationError(f"Redis {version} is too old: Spillway needs >= 6.2")
+        """Refuse a Redis older than 6.2 or one that may evict keys; load the scripts.
+
+        On a cluster every primary is checked. The shard count is recorded on first use:
+        task ids map to shards by it, so changing it later would hide existing tasks.
+        """
+        if self.cluster:
+            # Learn the slot map before any concurrent use: redis-py's cluster client races
+            # (and closes connections in use) when its first commands run concurrently.
+            for client in (self.client, self.blocking):
+                await self._run(client.initialize)
+        for info in _per_node(await self._run(lambda: self.client.info("server"))):
+            version = str(info.get("redis_version", "0"))
+            if tuple(int(p) for p in version.split(".")[:2]) < (6, 2):
+                raise ConfigurationError(f"Redis {version} is too old: Spillway needs >= 6.2")
         if self.settings.check_eviction_policy:
-            memory: dict[str, Any] = await self._run(lambda: self.client.info("memory"))
-            policy = str(memory.get("maxmemory_policy", "noeviction"))
-            if policy != "noeviction":
-                raise EvictionPolicyError(policy)
+            for info in _per_node(await self._run(lambda: self.client.info("memory"))):
+                policy = str(info.get("maxmemory_policy", "noeviction"))
+                if policy != "noeviction":
+                    raise EvictionPolicyError(policy)
         await self._run(lambda: self.scripts.load(self.client))
+        meta = self.keys.meta
+        await self._run(lambda: self.client.hsetnx(meta, "shards", self.settings.shards))
+        recorded = int(await self._run(lambda: self.client.hget(meta, "shards")))
+        if recorded != self.settings.shards:
+            raise ConfigurationError(
+                f"SPILLWAY_SHARDS is {self.settings.shards} but the data under prefix "
+                f"{self.settings.prefix!r} was written with {recorded} shards; use {recorded}, "
+                "or a new SPILLWAY_PREFIX"
+            )
 
     # --- accept ------------------------------------------------------------------------------
 
@@ -290,11 +305,11 @@ class Broker:
         batch = Batch()
         build(batch)
         async with self._guard():
-            replies = await batch.send(self.client.connection_pool)
+            replies = await batch.send(self.client)
             missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
             if missing:  # a restarted or flushed Redis: those calls did nothing, so resend them
                 await self.scripts.load(self.client)
-                resent = await batch.send(self.client.connection_pool, missing)
+                resent = await batch.send(self.client, missing)
                 for i, r in zip(missing, resent, strict=True):
                     replies[i] = r
         for r in replies:
@@ -360,21 +375,13 @@ class Broker:
         self, consumer: str, streams: dict[str, tuple[str, int]], count: int, block_ms: int | None
     ) -> list[Delivery]:
         """New entries for this consumer (XREADGROUP >), waiting up to `block_ms`."""
+        wait = (block_ms or 0) / 1000 + self.settings.redis_timeout * 2
         try:
-            async with self._guard():
-                if block_ms:
-                    # A blocking read may take up to block_ms longer than an ordinary command.
-                    reply = await asyncio.wait_for(
-                        self.blocking.xreadgroup(
-                            GROUP, consumer, dict.fromkeys(streams, ">"), count=count,
-                            block=block_ms,
-                        ),
-                        block_ms / 1000 + self.settings.redis_timeout,
-                    )  # fmt: skip
-                else:
-                    reply = await self.client.xreadgroup(
-                        GROUP, consumer, dict.fromkeys(streams, ">"), count=count
-                    )
+            async with self._guard(wait):
+                client = self.blocking if block_ms else self.client
+                reply = await client.xreadgroup(
+                    GROUP, consumer, dict.fromkeys(streams, ">"), count=count, block=block_ms
+                )
         except ResponseError as exc:
             if "NOGROUP" in str(exc):
                 # The stream was deleted (purge, or a Redis restarted without persistence).
@@ -724,6 +731,13 @@ class Broker:
 
     def shard_keys(self, shard: int) -> ShardKeys:
         return self.keys.shard(shard)
+
+
+def _per_node(reply: Any) -> list[dict[str, Any]]:
+    """INFO answers one dict, or on a cluster one dict per node."""
+    if isinstance(reply, dict) and reply and all(isinstance(v, dict) for v in reply.values()):
+        return list(reply.values())
+    return [reply]
 
 
 def _stream_items(reply: Any) -> list[tuple[str, list[tuple[str, dict[str, str]]]]]:

@@ -7,11 +7,15 @@ the same scripts run unchanged on Redis Cluster.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import secrets
 import zlib
 from dataclasses import dataclass
 
-__all__ = ["GROUP", "Keys", "ShardKeys", "new_task_id", "shard_of"]
+from redis.crc import key_slot
+
+__all__ = ["GROUP", "Keys", "ShardKeys", "new_task_id", "shard_of", "shard_tag"]
 
 #: The consumer group every worker of a shard joins.
 GROUP = "spillway"
@@ -28,6 +32,27 @@ def new_task_id(shard: int | None = None, shards: int = 1) -> str:
         task_id = secrets.token_hex(16)
         if shard is None or shard_of(task_id, shards) == shard:
             return task_id
+
+
+_SLOTS = 16384
+
+
+@functools.cache
+def shard_tag(prefix: str, shard: int, shards: int) -> str:
+    """The hash tag of one shard, chosen so the shards' slots spread evenly over 0..16383.
+
+    A Redis Cluster gives each primary a contiguous slot range, so shards whose slots are
+    evenly spaced land on different primaries (shard k in the k-th N-th of the slot space).
+    """
+    base = f"{prefix}:{shard}"
+    if shards == 1:
+        return base
+    low, high = shard * _SLOTS // shards, (shard + 1) * _SLOTS // shards
+    for n in itertools.count():
+        tag = f"{base}.{n}"
+        if low <= key_slot(tag.encode()) < high:
+            return tag
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +98,7 @@ class Keys:
     shards: int = 1
 
     def shard(self, shard: int) -> ShardKeys:
-        return ShardKeys(f"{{{self.prefix}:{shard}}}", shard)
+        return ShardKeys(f"{{{shard_tag(self.prefix, shard, self.shards)}}}", shard)
 
     def all_shards(self) -> list[ShardKeys]:
         return [self.shard(k) for k in range(self.shards)]
@@ -93,6 +118,11 @@ class Keys:
 
     def worker(self, name: str) -> str:
         return f"{self.prefix}:worker:{name}"
+
+    @property
+    def meta(self) -> str:
+        """Hash of facts fixed at first use (the shard count)."""
+        return f"{self.prefix}:meta"
 
     @property
     def counters(self) -> str:

@@ -7,6 +7,7 @@ from importlib.resources import files
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from spillway.broker.wire import Batch
@@ -24,14 +25,18 @@ class Scripts:
         self.source = {n: folder.joinpath(f"{n}.lua").read_text() for n in NAMES}
         self.sha = {n: hashlib.sha1(s.encode()).hexdigest() for n, s in self.source.items()}  # noqa: S324
 
-    async def load(self, client: Redis) -> None:
-        """Load every script into the server's script cache (after a restart or a flush)."""
-        async with client.pipeline(transaction=False) as pipe:
-            for source in self.source.values():
-                pipe.script_load(source)
-            await pipe.execute()
+    async def load(self, client: Redis | RedisCluster) -> None:
+        """Load every script into the script cache (of every primary, on a cluster).
 
-    async def call(self, client: Redis, name: str, keys: list[str], args: list[Any]) -> Any:
+        Needed at start, and again after a restart, a flush or a failover (the cache is not
+        replicated).
+        """
+        for source in self.source.values():
+            await client.script_load(source)
+
+    async def call(
+        self, client: Redis | RedisCluster, name: str, keys: list[str], args: list[Any]
+    ) -> Any:
         try:
             return await client.evalsha(self.sha[name], len(keys), *keys, *args)
         except NoScriptError:

@@ -26,10 +26,15 @@ class Waiters:
     missed. If the pub/sub connection breaks, every waiter re-reads its task's status.
     """
 
-    def __init__(self, client: Redis, status: Callable[[str], Awaitable[str | None]]) -> None:
-        self._client = client
+    def __init__(
+        self,
+        connect: Callable[[], tuple[Redis, bool]],
+        status: Callable[[str], Awaitable[str | None]],
+    ) -> None:
+        self._connect = connect
         self._status = status
         self._pubsub: PubSub | None = None
+        self._owned: Redis | None = None  # a client made only for pub/sub, closed with it
         self._listener: asyncio.Task[None] | None = None
         self._events: dict[str, asyncio.Event] = {}  # channel -> set on any message
         self._counts: dict[str, int] = {}  # channel -> waiters on it
@@ -59,7 +64,7 @@ class Waiters:
     async def _subscribe(self, channel: str) -> asyncio.Event:
         async with self._lock:
             if self._pubsub is None:
-                self._pubsub = self._client.pubsub()
+                self._pubsub = self._new_pubsub()
             count = self._counts.get(channel, 0)
             if count == 0:
                 self._events[channel] = asyncio.Event()
@@ -101,9 +106,8 @@ class Waiters:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 async with self._lock:
-                    with contextlib.suppress(RedisError, OSError):
-                        await pubsub.aclose()  # type: ignore[no-untyped-call]
-                    self._pubsub = self._client.pubsub()
+                    await self._drop_pubsub()
+                    self._pubsub = self._new_pubsub()
                     if self._counts:
                         with contextlib.suppress(RedisError, OSError):
                             await self._pubsub.subscribe(*self._counts)
@@ -113,12 +117,23 @@ class Waiters:
                 if woken is not None:
                     woken.set()
 
+    def _new_pubsub(self) -> PubSub:
+        client, owned = self._connect()
+        self._owned = client if owned else None
+        return client.pubsub()
+
+    async def _drop_pubsub(self) -> None:
+        pubsub, owned = self._pubsub, self._owned
+        self._pubsub = self._owned = None
+        with contextlib.suppress(RedisError, OSError):
+            if pubsub is not None:
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            if owned is not None:
+                await owned.aclose()
+
     async def close(self) -> None:
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
                 await self._listener
-        if self._pubsub is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
-            self._pubsub = None
+        await self._drop_pubsub()

@@ -1,4 +1,4 @@
-"""Send a batch of commands on one connection, packed by hand.
+"""Send a batch of commands in one round trip (one per node on a cluster), packed by hand.
 
 For batches of thousands of script calls, redis-py's generic command packer was most of the
 cost of an enqueue (it type-checks and encodes every argument through several layers); this
@@ -7,12 +7,17 @@ builds the RESP bytes in one pass and reads the replies in order.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from redis.asyncio import ConnectionPool
-from redis.exceptions import ResponseError
+from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import AskError, MovedError, ResponseError, TryAgainError
 
 __all__ = ["Batch", "pack"]
+
+_REDIRECTS = 3
 
 
 def pack(args: list[Any]) -> bytes:
@@ -24,8 +29,29 @@ def pack(args: list[Any]) -> bytes:
     return b"".join(parts)
 
 
+def _first_key(command: list[Any]) -> str:
+    return str(command[3] if command[0] == "EVALSHA" else command[1])
+
+
+async def _exchange(conn: AbstractConnection, commands: list[list[Any]]) -> list[Any]:
+    """Write the commands, read one reply each. Error replies come back as exception objects."""
+    try:
+        await conn.send_packed_command(b"".join(pack(c) for c in commands), check_health=False)
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(await conn.read_response())
+            except ResponseError as exc:  # the connection is still in step: keep reading
+                replies.append(exc)
+        return replies
+    except BaseException:
+        # Cancelled or broken mid-batch: the connection's state is unknown, drop it.
+        await conn.disconnect(nowait=True)
+        raise
+
+
 class Batch:
-    """Commands collected for one round trip. Error replies come back as exception objects."""
+    """Commands collected for one round trip."""
 
     def __init__(self) -> None:
         self.commands: list[list[Any]] = []
@@ -36,24 +62,51 @@ class Batch:
     def hincrby(self, key: str, field: str, amount: int) -> None:
         self.commands.append(["HINCRBY", key, field, amount])
 
-    async def send(self, pool: ConnectionPool, only: list[int] | None = None) -> list[Any]:
+    async def send(self, client: Redis | RedisCluster, only: list[int] | None = None) -> list[Any]:
         """Send the commands (or those at the indices `only`) and read their replies."""
-        chosen = self.commands if only is None else [self.commands[i] for i in only]
-        if not chosen:
+        indices = list(range(len(self.commands))) if only is None else only
+        if not indices:
             return []
-        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        if isinstance(client, Redis):
+            pool = client.connection_pool
+            conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+            try:
+                return await _exchange(conn, [self.commands[i] for i in indices])
+            finally:
+                await pool.release(conn)
+        return await self._send_cluster(client, indices)
+
+    async def _send_cluster(self, cluster: RedisCluster, indices: list[int]) -> list[Any]:
+        """Route each command to the node owning its key's slot; follow MOVED/ASK redirects.
+
+        A redirected command was not executed, so resending it is safe.
+        """
+        replies: dict[int, Any] = {}
+        todo = indices
+        for attempt in range(_REDIRECTS + 1):
+            by_node: dict[str, tuple[ClusterNode, list[int]]] = {}
+            for i in todo:
+                slot = cluster.keyslot(_first_key(self.commands[i]))
+                node = cluster.nodes_manager.get_node_from_slot(slot)
+                by_node.setdefault(node.name, (node, []))[1].append(i)
+            results = await asyncio.gather(
+                *(self._send_node(node, idx) for node, idx in by_node.values())
+            )
+            for (_, idx), got in zip(by_node.values(), results, strict=True):
+                replies.update(zip(idx, got, strict=True))
+            redirected = [
+                i for i in todo if isinstance(replies[i], MovedError | AskError | TryAgainError)
+            ]
+            if not redirected or attempt == _REDIRECTS:
+                break
+            # The slot map changed (failover, resharding): learn the new one and resend.
+            await cluster.nodes_manager.initialize()
+            todo = redirected
+        return [replies[i] for i in indices]
+
+    async def _send_node(self, node: ClusterNode, indices: list[int]) -> list[Any]:
+        conn = node.acquire_connection()
         try:
-            await conn.send_packed_command(b"".join(pack(c) for c in chosen), check_health=False)
-            replies: list[Any] = []
-            for _ in chosen:
-                try:
-                    replies.append(await conn.read_response())
-                except ResponseError as exc:  # the connection is still in step: keep reading
-                    replies.append(exc)
-            return replies
-        except BaseException:
-            # Cancelled or broken mid-batch: the connection's state is unknown, drop it.
-            await conn.disconnect(nowait=True)
-            raise
+            return await _exchange(conn, [self.commands[i] for i in indices])
         finally:
-            await pool.release(conn)
+            node.release(conn)
