@@ -15,6 +15,7 @@ from bench import DOC, Report, update_section
 # Name -> module with a `run() -> Report`. Add new benchmarks here.
 BENCHMARKS = {
     "drain": "bench.drain",
+    "peers": "bench.peers.cli",  # the Python peers side by side; ~17 min (3 rounds)
 }
 
 

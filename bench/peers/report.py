@@ -16,10 +16,22 @@ from rich.table import Table
 from bench.peers.peers import SLEEP_CONCURRENCY, Peer
 from bench.peers.suite import SLEEP_TASKS, Figure, Plan, Results
 
-__all__ = ["Context", "Targets", "render_markdown", "targets", "update_docs", "write_chart"]
+__all__ = [
+    "TITLE",
+    "Context",
+    "Targets",
+    "print_tables",
+    "render_markdown",
+    "targets",
+    "targets_text",
+    "update_docs",
+    "wrap_section",
+    "write_chart",
+]
 
 BEGIN = "<!-- bench.peers: begin (written by `python -m bench.peers`, do not edit by hand) -->"
 END = "<!-- bench.peers: end -->"
+TITLE = "Peers: drain / sleep workload / enqueue"
 IDEAL_SLEEP = SLEEP_TASKS / SLEEP_CONCURRENCY * 0.5
 MODES = ("sequential", "concurrent", "batched")
 MODE_TITLES = {
@@ -107,8 +119,7 @@ def print_tables(results: Results, peers: tuple[Peer, ...], console: Console) ->
     console.print(table)
     for line in failures(results, peers):
         console.print(f"[red]{line}[/]")
-    t = targets(results, peers)
-    console.print(_targets_text(t))
+    console.print(targets_text(results, peers))
 
 
 def _cell(figure: Figure | None, fmt: str) -> str:
@@ -138,7 +149,10 @@ def failures(results: Results, peers: tuple[Peer, ...]) -> list[str]:
     return lines
 
 
-def _targets_text(t: Targets) -> str:
+def targets_text(results: Results, peers: tuple[Peer, ...]) -> str:
+    """Spillway's three ratios against issue 4's targets, one line each."""
+    t = targets(results, peers)
+
     def verdict(value: float | None, ok: bool) -> str:
         return "not measured" if value is None else ("met" if ok else "MISSED")
 
@@ -162,13 +176,11 @@ def _x(ratio: float | None) -> str:
 
 
 def render_markdown(results: Results, peers: tuple[Peer, ...], ctx: Context) -> str:
+    """The section's body, below its heading."""
     plan = ctx.plan
     runs = f"{plan.rounds} run{'s' if plan.rounds > 1 else ''}"
     spill = results.drain["spillway"].median
     lines = [
-        BEGIN,
-        "## Peers: drain / sleep workload / enqueue",
-        "",
         f"Measured {ctx.when} with `{ctx.command}` on {ctx.machine}. Each figure is the median of "
         f"{runs} (min-max in brackets); the rounds go through every library in turn, so noise on "
         "this shared machine falls on all of them. Every round has its own throw-away "
@@ -259,9 +271,13 @@ def render_markdown(results: Results, peers: tuple[Peer, ...], ctx: Context) -> 
         "default cap of 100 its worker failed with `MaxConnectionsError` at 100 jobs.",
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in ctx.versions.items()) + ".",
-        END,
     ]
     return "\n".join(lines) + "\n"
+
+
+def wrap_section(body: str) -> str:
+    """The body under our heading, between markers (bench.update_section keeps them too)."""
+    return f"{BEGIN}\n## {TITLE}\n\n{body}\n{END}\n"
 
 
 def _met(value: float | None, ok: bool) -> str:
@@ -273,9 +289,8 @@ def update_docs(path: Path, section: str) -> None:
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     start, end = text.find(BEGIN), text.find(END)
     if start != -1 and end != -1:
-        text = text[:start] + section + text[end + len(END) :].lstrip("\n")
-        if not text.endswith("\n"):
-            text += "\n"
+        rest = text[end + len(END) :].lstrip("\n")
+        text = text[:start] + section + (f"\n{rest}" if rest else "")
     else:
         text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text)
