@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import orjson
 from spillway.broker import AcceptReply, AcceptRequest, Broker, new_task_id, shard_of
 from spillway.errors import (
     BacklogFull,
+    BrokerUnavailable,
     IdempotencyConflict,
     PayloadInvalid,
     ResultTimeout,
@@ -29,6 +31,7 @@ from spillway.tasks import Handler, TaskDef
 __all__ = ["EnqueueItem", "Spillway"]
 
 F = TypeVar("F", bound=Handler)
+_CHUNK = 250  # tasks per accept call in enqueue_many
 TaskRef = str | TaskDef | Handler
 
 
@@ -245,9 +248,15 @@ class Spillway:
     async def enqueue_many(
         self, items: Iterable[EnqueueItem | tuple[TaskRef, Any]]
     ) -> list[EnqueueResult]:
-        """Enqueue many tasks in one Redis round trip; each item succeeds or fails on its own."""
+        """Enqueue many tasks; each item is accepted or refused on its own.
+
+        Items go out in pipelined chunks: while Redis writes one chunk, the next is validated
+        and encoded, so Python time and Redis time overlap instead of adding up.
+        """
+        await self.connect()
         results: list[EnqueueResult | None] = []
         requests: list[tuple[int, AcceptRequest]] = []
+        writes: list[asyncio.Task[list[EnqueueResult]]] = []
         for item in items:
             it = item if isinstance(item, EnqueueItem) else EnqueueItem(item[0], item[1])
             try:
@@ -260,17 +269,33 @@ class Spillway:
                 continue
             requests.append((len(results), request))
             results.append(None)
-        return await self.accept_prepared(results, requests)
+            if len(requests) == _CHUNK:
+                writes.append(asyncio.create_task(self.accept_prepared(results, requests)))
+                requests = []
+                await asyncio.sleep(0)  # let the chunk go out before preparing the next
+        if requests:
+            writes.append(asyncio.create_task(self.accept_prepared(results, requests)))
+        await asyncio.gather(*writes)
+        return [r for r in results if r is not None]
 
     async def accept_prepared(
         self,
         results: list[EnqueueResult | None],
         requests: Sequence[tuple[int, AcceptRequest]],
     ) -> list[EnqueueResult]:
-        """Write prepared requests into the `None` slots of `results` (one round trip)."""
+        """Write prepared requests into their `None` slots of `results` (one round trip).
+
+        Redis trouble refuses these requests (each result carries `BrokerUnavailable`); nothing
+        was enqueued for them, unless the connection broke after Redis ran the script.
+        """
         if requests:
             await self.connect()
-            replies = await self.broker.accept_many([r for _, r in requests])
+            try:
+                replies = await self.broker.accept_many([r for _, r in requests])
+            except BrokerUnavailable as exc:
+                for i, _ in requests:
+                    results[i] = EnqueueResult(task_id=None, error=exc)
+                return [r for r in results if r is not None]
             for (i, request), reply in zip(requests, replies, strict=True):
                 try:
                     out = self._check(request, reply)

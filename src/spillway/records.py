@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -166,10 +167,9 @@ class Stats(BaseModel):
     counts: dict[str, dict[str, int]]  # task type -> outcome -> count
 
 
-class EnqueueResult(BaseModel):
+@dataclass(frozen=True, slots=True)
+class EnqueueResult:
     """The outcome of one item of `enqueue_many`: a task id, or the error that refused it."""
-
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
     task_id: str | None
     duplicate: bool = False

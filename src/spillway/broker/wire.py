@@ -2,7 +2,8 @@
 
 For batches of thousands of script calls, redis-py's generic command packer was most of the
 cost of an enqueue (it type-checks and encodes every argument through several layers); this
-builds the RESP bytes in one pass and reads the replies in order.
+packs each command with hiredis's C encoder, sends it as soon as it is packed (so Redis runs
+one call while the next is encoded) and reads the replies in order.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
@@ -21,12 +23,9 @@ _REDIRECTS = 3
 
 
 def pack(args: list[Any]) -> bytes:
-    """One command in RESP: an array of bulk strings."""
-    parts = [b"*%d\r\n" % len(args)]
-    for a in args:
-        b = a if isinstance(a, bytes) else str(a).encode()
-        parts.append(b"$%d\r\n%b\r\n" % (len(b), b))
-    return b"".join(parts)
+    """One command in RESP: an array of bulk strings (hiredis's C encoder)."""
+    packed: bytes = hiredis.pack_command(tuple(args))
+    return packed
 
 
 def _first_key(command: list[Any]) -> str:

@@ -10,6 +10,7 @@
 local limit, idem_ttl = tonumber(ARGV[1]), ARGV[2]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local backlog = {}  -- per stream: entries (XLEN counts undelivered and in flight) + due tasks
 local out = {}
 for i = 1, #KEYS / 4 do
   local record, stream, due, idem = KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1], KEYS[4 * i]
@@ -29,31 +30,38 @@ for i = 1, #KEYS / 4 do
     end
   end
   if not reply then
-    -- XLEN counts undelivered and in-flight entries (finished ones are deleted).
-    local backlog = redis.call('XLEN', stream) + redis.call('ZCARD', due)
-    if backlog >= limit then
-      reply = {'full', tostring(backlog)}
+    -- Counted once per stream and batch, then kept up to date here: each accept adds one.
+    local n = backlog[stream]
+    if not n then
+      n = redis.call('XLEN', stream) + redis.call('ZCARD', due)
     end
+    if n >= limit then
+      reply = {'full', tostring(n)}
+    end
+    backlog[stream] = n
   end
   if not reply then
     local policy = {}
     for field in string.gmatch(ARGV[a + 6], '[^|]+') do
       policy[#policy + 1] = field
     end
+    local delay = tonumber(ARGV[a + 5])
+    local entry, due_at = '', ''
+    if delay > 0 then
+      due_at = now + delay
+      redis.call('ZADD', due, due_at, id)
+    else
+      entry = redis.call('XADD', stream, '*', 'id', id)
+    end
     redis.call('HSET', record,
       'id', id, 'type', ARGV[a + 1], 'queue', ARGV[a + 2], 'payload', ARGV[a + 3],
       'status', 'queued', 'attempts', 0, 'prior_attempts', 0, 'max_retries', policy[1],
-      'timeout', policy[2], 'retry_base', policy[3], 'retry_cap', policy[4], 'created_at', now)
-    local delay = tonumber(ARGV[a + 5])
-    if delay > 0 then
-      redis.call('ZADD', due, now + delay, id)
-      redis.call('HSET', record, 'entry', '', 'due_at', now + delay)
-    else
-      redis.call('HSET', record, 'entry', redis.call('XADD', stream, '*', 'id', id))
-    end
+      'timeout', policy[2], 'retry_base', policy[3], 'retry_cap', policy[4], 'created_at', now,
+      'entry', entry, 'due_at', due_at)
     if fingerprint ~= '' then
       redis.call('SET', idem, id .. '|' .. fingerprint, 'PX', idem_ttl)
     end
+    backlog[stream] = backlog[stream] + 1
     reply = {'ok', id}
   end
   out[i] = reply
