@@ -565,3 +565,26 @@ async def test_scripts_are_reloaded_after_redis_forgets_them(
     await drain(app)
     assert await app.result(first, timeout=1) == {"text": "before"}
     assert await app.result(second, timeout=1) == {"text": "après ✓ 🌊"}
+
+
+async def test_enqueue_many_with_redis_gone_refuses_each_item_quickly(settings: Settings) -> None:
+    from spillway import BrokerUnavailable
+    from spillway.embedded import EmbeddedRedis
+
+    with EmbeddedRedis() as server:
+        app = Spillway(settings.model_copy(update={"redis_url": server.url}))
+
+        @app.task
+        async def job(item: Item) -> None:
+            return None
+
+        await app.connect()
+        server.kill()
+        started = time.monotonic()
+        results = await app.enqueue_many([("job", {"n": i}) for i in range(600)])
+        assert time.monotonic() - started < 3 * settings.redis_timeout * 2
+        assert len(results) == 600
+        assert all(isinstance(r.error, BrokerUnavailable) for r in results)
+        with pytest.raises(BrokerUnavailable):
+            await app.enqueue("job", {"n": 1})
+        await app.close()

@@ -256,7 +256,7 @@ class Spillway:
         await self.connect()
         results: list[EnqueueResult | None] = []
         requests: list[tuple[int, AcceptRequest]] = []
-        writes: list[asyncio.Task[list[EnqueueResult]]] = []
+        writes: list[asyncio.Task[None]] = []
         for item in items:
             it = item if isinstance(item, EnqueueItem) else EnqueueItem(item[0], item[1])
             try:
@@ -270,13 +270,23 @@ class Spillway:
             requests.append((len(results), request))
             results.append(None)
             if len(requests) == _CHUNK:
-                writes.append(asyncio.create_task(self.accept_prepared(results, requests)))
+                writes.append(asyncio.create_task(self._write_chunk(results, requests)))
                 requests = []
                 await asyncio.sleep(0)  # let the chunk go out before preparing the next
         if requests:
-            writes.append(asyncio.create_task(self.accept_prepared(results, requests)))
+            writes.append(asyncio.create_task(self._write_chunk(results, requests)))
         await asyncio.gather(*writes)
         return [r for r in results if r is not None]
+
+    async def _write_chunk(
+        self, results: list[EnqueueResult | None], requests: list[tuple[int, AcceptRequest]]
+    ) -> None:
+        """One chunk of `enqueue_many`: Redis trouble refuses just its items, each on its own."""
+        try:
+            await self.accept_prepared(results, requests)
+        except BrokerUnavailable as exc:
+            for i, _ in requests:
+                results[i] = EnqueueResult(task_id=None, error=exc)
 
     async def accept_prepared(
         self,
@@ -285,17 +295,11 @@ class Spillway:
     ) -> list[EnqueueResult]:
         """Write prepared requests into their `None` slots of `results` (one round trip).
 
-        Redis trouble refuses these requests (each result carries `BrokerUnavailable`); nothing
-        was enqueued for them, unless the connection broke after Redis ran the script.
+        Raises `BrokerUnavailable` if Redis cannot take them (the slots stay empty).
         """
         if requests:
             await self.connect()
-            try:
-                replies = await self.broker.accept_many([r for _, r in requests])
-            except BrokerUnavailable as exc:
-                for i, _ in requests:
-                    results[i] = EnqueueResult(task_id=None, error=exc)
-                return [r for r in results if r is not None]
+            replies = await self.broker.accept_many([r for _, r in requests])
             for (i, request), reply in zip(requests, replies, strict=True):
                 try:
                     out = self._check(request, reply)
