@@ -16,6 +16,7 @@ from bench import DOC, Report, update_section
 BENCHMARKS = {
     "drain": "bench.drain",
     "peers": "bench.peers.cli",  # the Python peers side by side; ~17 min (3 rounds)
+    "http": "bench.http.run",  # the HTTP accept path beside the seed design; ~3 min
 }
 
 

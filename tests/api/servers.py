@@ -8,7 +8,9 @@ worker (`drain`).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -25,11 +27,18 @@ from spillway import Settings, Spillway, Worker
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 30.0
+_PR_SET_PDEATHSIG = 1
 
 _SERVE = (
     "import sys; from spillway.api import serve; serve(sys.argv[1], host='127.0.0.1', "
     "port=int(sys.argv[2]), workers=1)"
 )
+
+
+def _die_with_parent() -> None:
+    # If the test session is killed outright, its servers must not outlive it (Linux only).
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -83,6 +92,7 @@ class ApiServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         if wait:
             self._wait_until_healthy()
