@@ -14,7 +14,15 @@ import orjson
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import (
+    ClusterDownError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from spillway.broker.connection import AnyRedis, make_client, pubsub_client
@@ -35,7 +43,10 @@ __all__ = [
     "Started",
 ]
 
-# Errors that mean "Redis cannot take this now", as opposed to a bug in a command.
+# Errors that mean "Redis cannot take this now", as opposed to a bug in a command. redis-py
+# strips the code from the replies it has a class for (OOM, READONLY, ...), so those are
+# recognised by class, the others by their code.
+_UNAVAILABLE_ERRORS = (OutOfMemoryError, ReadOnlyError, ClusterDownError, TryAgainError)
 _UNAVAILABLE_REPLIES = (
     "OOM",
     "LOADING",
@@ -51,7 +62,9 @@ def unavailable(exc: BaseException) -> BrokerUnavailable | None:
     """The `BrokerUnavailable` an exception from redis-py means, or None if it is a bug."""
     if isinstance(exc, RedisConnectionError | RedisTimeoutError | TimeoutError | OSError):
         return BrokerUnavailable(f"Redis is unreachable: {exc or type(exc).__name__}")
-    if isinstance(exc, ResponseError) and str(exc).startswith(_UNAVAILABLE_REPLIES):
+    if isinstance(exc, _UNAVAILABLE_ERRORS) or (
+        isinstance(exc, ResponseError) and str(exc).startswith(_UNAVAILABLE_REPLIES)
+    ):
         return BrokerUnavailable(f"Redis refused the command: {exc}")
     return None
 
