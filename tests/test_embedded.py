@@ -29,11 +29,11 @@ def connect(server: EmbeddedRedis, timeout: float = 5.0) -> redis.Redis:
 
 
 def test_session_server_answers_ping_away_from_the_default_port(
-    redis_server: EmbeddedRedis, redis_url: str
+    redis_server: EmbeddedRedis,
 ) -> None:
     assert redis_server.port != 6379
-    assert redis_url == f"redis://127.0.0.1:{redis_server.port}/0"
-    with redis.Redis.from_url(redis_url) as client:
+    assert redis_server.url == f"redis://127.0.0.1:{redis_server.port}/0"
+    with redis.Redis.from_url(redis_server.url) as client:
         assert client.ping()
 
 

@@ -124,7 +124,8 @@ async def test_sigterm_lets_running_tasks_finish_and_exits_zero(
     app: Spillway, worker_env: dict[str, str], redis: aioredis.Redis
 ) -> None:
     app = core_app(worker_env, app)
-    first = [await app.enqueue("count", {"seconds": 1.0}) for _ in range(3)]
+    # Long enough that none can finish (and free a slot) before SIGTERM, even on a busy machine.
+    first = [await app.enqueue("count", {"seconds": 3.0}) for _ in range(3)]
     worker = spawn_worker(worker_env, "--concurrency", "3")
 
     async def running() -> bool:

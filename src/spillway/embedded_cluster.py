@@ -149,6 +149,9 @@ class EmbeddedCluster:
             with self.client(node) as c:
                 self._until(lambda c=c: c.cluster("info")["cluster_state"] == "ok")
                 self._until(lambda c=c: self._knows_everyone(c))
+        for node in replicas:  # initial sync done: WAIT and failover work from the start
+            with self.client(node) as c:
+                self._until(lambda c=c: c.info("replication").get("master_link_status") == "up")
 
     def _knows_everyone(self, c: redis.Redis) -> bool:
         lines = str(c.execute_command("CLUSTER", "NODES")).strip().splitlines()  # type: ignore[no-untyped-call]

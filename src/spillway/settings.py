@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings"]
@@ -47,6 +47,19 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(default=1_048_576, ge=64)
     max_json_depth: int = Field(default=32, ge=1, le=256)
     check_eviction_policy: bool = True
+    # Replication (see docs/scaling.md): after an accept, WAIT for this many replicas to have
+    # the task before answering 202. It narrows, but cannot close, the window of accepted
+    # tasks a failover can lose; 0 answers as soon as the primary has written it.
+    wait_replicas: int = Field(default=0, ge=0)
+    wait_timeout: float = Field(default=0.1, gt=0)
+
+    @model_validator(mode="after")
+    def _wait_fits_in_the_redis_timeout(self) -> Settings:
+        # The WAIT reply is read like any other; it must come well before the socket timeout.
+        if self.wait_replicas and self.wait_timeout >= self.redis_timeout * 0.8:
+            raise ValueError("wait_timeout must be shorter than 80 % of redis_timeout")
+        return self
+
     # HTTP API.
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,

@@ -5,8 +5,9 @@ Four loops share one asyncio event loop:
 * the reader asks Redis for new entries (XREADGROUP) while slots are free;
 * each run is its own asyncio task, under the task's timeout (sync handlers in a thread pool);
 * the finisher writes outcomes in batches (one pipeline of finish scripts per batch);
-* the keeper promotes due tasks, reclaims stalled deliveries, renews this worker's claims
-  and beats the heartbeat.
+* the keeper promotes due tasks, reclaims stalled deliveries and beats the heartbeat;
+* the renewer keeps this worker's claims fresh, on its own timer, so a slow chore of the
+  keeper can never let a live task's claim lapse.
 
 A slot is freed only once its outcome is stored, so "in flight" always means "not yet safe".
 """
@@ -96,6 +97,7 @@ class Worker:
         )  # fmt: skip
         finisher = asyncio.create_task(self._finish_loop(), name="spillway-finisher")
         keeper = asyncio.create_task(self._keep_loop(), name="spillway-keeper")
+        renewer = asyncio.create_task(self._renew_loop(), name="spillway-renewer")
         try:
             # One reader per shard stream: on a cluster a stream read cannot span slots, and
             # separate readers let a busy shard's work flow while another is empty.
@@ -104,7 +106,7 @@ class Worker:
                 for stream, where in streams.items():
                     readers.create_task(self._read_loop({stream: where}), name=f"read-{stream}")
         finally:
-            await self._shutdown(finisher, keeper)
+            await self._shutdown(finisher, keeper, renewer)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
@@ -124,7 +126,9 @@ class Worker:
                 await self._sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _shutdown(self, finisher: asyncio.Task[None], keeper: asyncio.Task[None]) -> None:
+    async def _shutdown(
+        self, finisher: asyncio.Task[None], keeper: asyncio.Task[None], renewer: asyncio.Task[None]
+    ) -> None:
         self._stopping.set()
         keeper.cancel()
         runs = [t for _, t in self._inflight.values() if t is not None]
@@ -141,7 +145,8 @@ class Worker:
             async with asyncio.timeout(self.settings.redis_timeout * 10):
                 await self._outcomes.join()
         finisher.cancel()
-        await asyncio.gather(finisher, keeper, return_exceptions=True)
+        renewer.cancel()  # only now: tasks finishing during the grace period keep their claims
+        await asyncio.gather(finisher, keeper, renewer, return_exceptions=True)
         leftover = [d for d, _ in self._inflight.values()]
         with contextlib.suppress(SpillwayError):
             if leftover:
@@ -343,7 +348,6 @@ class Worker:
         s = self.settings
         every = {  # seconds between runs of each chore
             "reclaim": min(1.0, s.visibility_timeout / 4),
-            "renew": s.visibility_timeout / 3,
             "beat": s.heartbeat_interval,
             "prune": 60.0,
         }
@@ -357,9 +361,6 @@ class Worker:
                 if now - last["reclaim"] >= every["reclaim"]:
                     await self._reclaim(cursors)
                     last["reclaim"] = now
-                if now - last["renew"] >= every["renew"]:
-                    await self._renew()
-                    last["renew"] = now
                 if now - last["beat"] >= every["beat"]:
                     await self._heartbeat()
                     last["beat"] = now
@@ -388,11 +389,24 @@ class Worker:
             finally:
                 self._reserved -= free
                 self._slot_freed.set()  # the reader may be waiting for these slots
+            # XAUTOCLAIM also hands back this worker's own deliveries when their renewal came
+            # late; they are still running here, so they must not start a second time.
+            claimed = [d for d in claimed if d.entry_id not in self._inflight]
             if claimed:
                 log.warning(
                     "reclaimed %d stalled deliveries from %s/%d", len(claimed), queue, shard
                 )
                 await self._start(claimed)
+
+    async def _renew_loop(self) -> None:
+        # Three renewals per visibility timeout: one may fail or be late and the claim holds.
+        # It runs until cancelled, through the shutdown grace period too.
+        while True:
+            await asyncio.sleep(self.settings.visibility_timeout / 3)
+            try:
+                await self._renew()
+            except BrokerUnavailable as exc:
+                log.warning("claim renewal failed: %s", exc)
 
     async def _renew(self) -> None:
         mine = [d for d, _ in self._inflight.values()]

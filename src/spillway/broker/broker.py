@@ -13,7 +13,6 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import (
     ClusterDownError,
     NoScriptError,
@@ -23,13 +22,14 @@ from redis.exceptions import (
     ResponseError,
     TryAgainError,
 )
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from spillway.broker.connection import AnyRedis, make_client, pubsub_client
 from spillway.broker.keys import GROUP, Keys, ShardKeys, shard_of
 from spillway.broker.scripts import Scripts
 from spillway.broker.waiters import Waiters
-from spillway.broker.wire import Batch
+from spillway.broker.wire import Batch, refresh_slots
 from spillway.errors import BrokerUnavailable, ConfigurationError, EvictionPolicyError
 from spillway.records import DeadTask, QueueStats, WorkerInfo, from_ms
 from spillway.settings import Settings
@@ -207,6 +207,10 @@ class Broker:
             mapped = unavailable(exc)
             if mapped is None:
                 raise
+            if self.cluster:
+                # Perhaps a failover: learn the new slot map before the caller tries again.
+                for client in (self.client, self.blocking):
+                    await refresh_slots(client)  # type: ignore[arg-type]
             raise mapped from exc
 
     async def _run(self, fn: Callable[[], Awaitable[Any]]) -> Any:
@@ -302,7 +306,8 @@ class Broker:
                 self.scripts.queue(pipe, "accept", keys, args)
 
         replies: list[AcceptReply | None] = [None] * len(requests)
-        for idx, items in zip(by_shard.values(), await self._pipeline(build), strict=True):
+        written = await self._pipeline(build, replicated=True)
+        for idx, items in zip(by_shard.values(), written, strict=True):
             for i, (status, value) in zip(idx, items, strict=True):
                 if status == "full":
                     replies[i] = AcceptReply("full", "", backlog=int(value))
@@ -310,12 +315,16 @@ class Broker:
                     replies[i] = AcceptReply(str(status), str(value))
         return [r for r in replies if r is not None]
 
-    async def _pipeline(self, build: Callable[[Batch], None]) -> list[Any]:
+    async def _pipeline(
+        self, build: Callable[[Batch], None], *, replicated: bool = False
+    ) -> list[Any]:
         """Run a batch of script calls in one round trip; reload scripts once if Redis lost them.
 
-        Error replies are raised (the first one) after every reply has been read.
+        Error replies are raised (the first one) after every reply has been read. With
+        `replicated` and SPILLWAY_WAIT_REPLICAS set, the batch is followed by a WAIT.
         """
-        batch = Batch()
+        s = self.settings
+        batch = Batch(s.wait_replicas, int(s.wait_timeout * 1000)) if replicated else Batch()
         build(batch)
         async with self._guard():
             replies = await batch.send(self.client)
@@ -392,9 +401,20 @@ class Broker:
         try:
             async with self._guard(wait):
                 client = self.blocking if block_ms else self.client
-                reply = await client.xreadgroup(
-                    GROUP, consumer, dict.fromkeys(streams, ">"), count=count, block=block_ms
-                )
+                if isinstance(client, RedisCluster):
+                    # Sent straight to the stream's node: redis-py would otherwise ask a
+                    # default node (COMMAND GETKEYS) where XREADGROUP's keys are, a round trip
+                    # per read that also fails for as long as that node is down.
+                    args: list[Any] = ["GROUP", GROUP, consumer, "COUNT", count]
+                    if block_ms is not None:
+                        args += ["BLOCK", block_ms]
+                    args += ["STREAMS", *streams, *([">"] * len(streams))]
+                    node = client.get_node_from_key(next(iter(streams)))
+                    reply = await client.execute_command("XREADGROUP", *args, target_nodes=node)
+                else:
+                    reply = await client.xreadgroup(
+                        GROUP, consumer, dict.fromkeys(streams, ">"), count=count, block=block_ms
+                    )
         except ResponseError as exc:
             if "NOGROUP" in str(exc):
                 # The stream was deleted (purge, or a Redis restarted without persistence).

@@ -9,17 +9,29 @@ one call while the next is encoded) and reads the replies in order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from typing import Any
 
 import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import AskError, MovedError, ResponseError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    ConnectionError,
+    MovedError,
+    RedisError,
+    ResponseError,
+    TimeoutError,
+    TryAgainError,
+)
 
-__all__ = ["Batch", "pack"]
+__all__ = ["Batch", "pack", "refresh_slots"]
 
 _REDIRECTS = 3
+
+log = logging.getLogger("spillway.broker")
 
 
 def pack(args: list[Any]) -> bytes:
@@ -28,20 +40,44 @@ def pack(args: list[Any]) -> bytes:
     return packed
 
 
+_last_refresh: dict[int, float] = {}
+
+
+async def refresh_slots(cluster: RedisCluster) -> None:
+    """Reload the cluster's slot map, at most twice a second per client."""
+    now = asyncio.get_running_loop().time()
+    if now - _last_refresh.get(id(cluster), 0.0) < 0.5:
+        return
+    _last_refresh[id(cluster)] = now
+    with contextlib.suppress(RedisError, OSError):
+        await cluster.nodes_manager.initialize()
+
+
 def _first_key(command: list[Any]) -> str:
     return str(command[3] if command[0] == "EVALSHA" else command[1])
 
 
-async def _exchange(conn: AbstractConnection, commands: list[list[Any]]) -> list[Any]:
-    """Write the commands, read one reply each. Error replies come back as exception objects."""
+async def _exchange(
+    conn: AbstractConnection, commands: list[list[Any]], wait: list[Any] | None = None
+) -> list[Any]:
+    """Write the commands, read one reply each. Error replies come back as exception objects.
+
+    With `wait` (a WAIT command), it follows the commands on the same connection, so its
+    reply says how many replicas have received them; that reply is checked, not returned.
+    """
+    sent = [*commands, wait] if wait else commands
     try:
-        await conn.send_packed_command(b"".join(pack(c) for c in commands), check_health=False)
+        await conn.send_packed_command(b"".join(pack(c) for c in sent), check_health=False)
         replies: list[Any] = []
-        for _ in commands:
+        for _ in sent:
             try:
                 replies.append(await conn.read_response())
             except ResponseError as exc:  # the connection is still in step: keep reading
                 replies.append(exc)
+        if wait:
+            acked = replies.pop()
+            if not isinstance(acked, int) or acked < int(wait[1]):
+                log.warning("WAIT: %s of %s replicas acknowledged the batch", acked, wait[1])
         return replies
     except BaseException:
         # Cancelled or broken mid-batch: the connection's state is unknown, drop it.
@@ -52,8 +88,10 @@ async def _exchange(conn: AbstractConnection, commands: list[list[Any]]) -> list
 class Batch:
     """Commands collected for one round trip."""
 
-    def __init__(self) -> None:
+    def __init__(self, wait_replicas: int = 0, wait_ms: int = 0) -> None:
         self.commands: list[list[Any]] = []
+        # WAIT for this many replicas after the batch (0: answer as soon as the primary has it).
+        self.wait = ["WAIT", wait_replicas, wait_ms] if wait_replicas else None
 
     def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> None:
         self.commands.append(["EVALSHA", sha, numkeys, *keys_and_args])
@@ -70,7 +108,7 @@ class Batch:
             pool = client.connection_pool
             conn = await pool.get_connection()  # type: ignore[no-untyped-call]
             try:
-                return await _exchange(conn, [self.commands[i] for i in indices])
+                return await _exchange(conn, [self.commands[i] for i in indices], self.wait)
             finally:
                 await pool.release(conn)
         return await self._send_cluster(client, indices)
@@ -88,9 +126,15 @@ class Batch:
                 slot = cluster.keyslot(_first_key(self.commands[i]))
                 node = cluster.nodes_manager.get_node_from_slot(slot)
                 by_node.setdefault(node.name, (node, []))[1].append(i)
-            results = await asyncio.gather(
-                *(self._send_node(node, idx) for node, idx in by_node.values())
-            )
+            try:
+                results = await asyncio.gather(
+                    *(self._send_node(node, idx) for node, idx in by_node.values())
+                )
+            except (ConnectionError, TimeoutError, OSError):
+                # A node is gone (failover): learn the new slot map for the next call. What this
+                # call did is unknown, so it is not resent here; the caller decides.
+                await refresh_slots(cluster)
+                raise
             for (_, idx), got in zip(by_node.values(), results, strict=True):
                 replies.update(zip(idx, got, strict=True))
             redirected = [
@@ -106,6 +150,6 @@ class Batch:
     async def _send_node(self, node: ClusterNode, indices: list[int]) -> list[Any]:
         conn = node.acquire_connection()
         try:
-            return await _exchange(conn, [self.commands[i] for i in indices])
+            return await _exchange(conn, [self.commands[i] for i in indices], self.wait)
         finally:
             node.release(conn)
