@@ -14,7 +14,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
 UV := $(BIN)/uv
 
-.PHONY: help install lock dev test lint fmt bench chaos clean
+.PHONY: help install lock dev test lint fmt bench chaos clean chromium screenshot
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -35,7 +35,15 @@ lock: $(STAMP)  ## re-resolve uv.lock after editing pyproject.toml
 dev: $(STAMP)  ## run the API, a worker and an embedded Redis
 	$(BIN)/spillway dev
 
-test: $(STAMP)  ## run the test suite (all but chaos tests)
+# The dashboard tests drive Debian's chromium (via Playwright, never its own downloads).
+CHROMIUM := /usr/bin/chromium
+chromium:  ## install Debian's chromium for the browser tests, if missing
+	@test -x $(CHROMIUM) || { command -v apt-get >/dev/null \
+		|| { echo "$(CHROMIUM) is missing and apt-get is not available: install chromium" >&2; exit 1; }; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+
+test: $(STAMP) chromium  ## run the test suite (all but chaos tests)
 	$(BIN)/pytest -q -m "not chaos" $(PYTEST_ARGS)
 
 chaos: $(STAMP)  ## run the fault-injection tests
@@ -50,6 +58,9 @@ lint: $(STAMP)  ## lock freshness, ruff, format check and mypy --strict
 fmt: $(STAMP)  ## format and auto-fix
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+screenshot: $(STAMP) chromium  ## save docs/dashboard.png: the dashboard of `spillway dev` under load
+	$(BIN)/python -m tests.screenshot docs/dashboard.png
 
 bench: $(STAMP)  ## run the benchmarks
 	$(BIN)/python -m bench.run

@@ -20,12 +20,13 @@ import orjson
 from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
+from rich.progress import MofNCompleteColumn, Progress
 
-from spillway import views
+from spillway import metrics, views
 from spillway.app import Spillway
 from spillway.errors import ConfigurationError, SpillwayError
 from spillway.logs import LogFormat, setup_logging
-from spillway.records import TaskRecord
+from spillway.records import DeadTask, TaskRecord
 from spillway.settings import Settings
 from spillway.supervisor import EXIT_CONFIG, Supervisor
 
@@ -158,6 +159,10 @@ def _require_redis(app: Spillway) -> None:
     help="Consume only this queue (repeatable).  [default: every queue the app declares]",
 )  # fmt: skip
 @click.option("--burst", is_flag=True, help="Exit once the queues are drained.")
+@click.option(
+    "--metrics-port", type=click.IntRange(0, 65535), envvar="SPILLWAY_METRICS_PORT",
+    help="Serve Prometheus metrics of the worker processes on this port.",
+)  # fmt: skip
 @_logging_options
 def worker(
     app_ref: str,
@@ -165,6 +170,7 @@ def worker(
     processes: int,
     queues: tuple[str, ...],
     burst: bool,
+    metrics_port: int | None,
     log_level: str,
     log_format: LogFormat,
 ) -> None:
@@ -182,6 +188,8 @@ def worker(
     if processes == 1:
         from spillway.worker import run_worker
 
+        if metrics_port is not None:
+            metrics.serve(metrics_port)
         run_worker(app, concurrency=concurrency, queues=list(queues) or None, burst=burst)
         return
     child = [sys.executable, "-m", "spillway", "worker", app_ref, "--processes", "1"]
@@ -193,7 +201,11 @@ def worker(
     if burst:
         child.append("--burst")
     supervisor = Supervisor([child] * processes, stop_timeout=app.settings.shutdown_grace + 10)
-    sys.exit(supervisor.run())
+    # The children write their metrics to one directory; this process serves their sum.
+    with metrics.private_multiproc_dir():
+        if metrics_port is not None:
+            metrics.serve(metrics_port)
+        sys.exit(supervisor.run())
 
 
 @main.command()
@@ -214,7 +226,11 @@ def api(
     serve = _import_serve()
     if serve is None:
         raise ConfigurationError("the HTTP API (spillway.api) is not part of this installation")
-    serve(app_ref, host=host, port=port, workers=workers)
+    # Several granian processes write their metrics to one directory, and /metrics sums them;
+    # one process keeps them in memory, which costs the accept path less.
+    shared = metrics.private_multiproc_dir() if workers > 1 else contextlib.nullcontext()
+    with shared:
+        serve(app_ref, host=host, port=port, workers=workers)
 
 
 def _import_serve() -> Callable[..., Any] | None:
@@ -245,6 +261,8 @@ def dev(app_ref: str, port: int, log_level: str, log_format: LogFormat) -> None:
     app = load_app(app_ref)
     env = dict(os.environ)
     with contextlib.ExitStack() as stack:
+        # One metrics directory for the API and the worker: /metrics and the dashboard show both.
+        env[metrics.MULTIPROC_ENV] = stack.enter_context(metrics.private_multiproc_dir())
         redis_url = env.get("SPILLWAY_REDIS_URL")
         embedded = not redis_url
         if not redis_url:
@@ -342,7 +360,7 @@ def dlq_replay(
             return
         if not yes:
             click.confirm(f"Replay {len(waiting)} dead-lettered task(s){where}?", abort=True)
-        count = _with_app(Spillway(settings), lambda app: app.replay_all(queue))
+        count = _with_app(Spillway(settings), lambda app: _replay_each(app, waiting))
         click.echo(f"replayed {count} task(s)")
         return
     assert task_id is not None  # noqa: S101 - checked above
@@ -351,6 +369,18 @@ def dlq_replay(
     if not _with_app(Spillway(settings), lambda app: app.replay(task_id)):
         raise click.ClickException(f"task {task_id!r} is not in the dead letters")
     click.echo("replayed 1 task(s)")
+
+
+async def _replay_each(app: Spillway, dead: list[DeadTask]) -> int:
+    """Replay each dead letter, with a progress bar on stderr."""
+    replayed = 0
+    with Progress(*Progress.get_default_columns(), MofNCompleteColumn(),
+                  console=Console(stderr=True), transient=True) as progress:  # fmt: skip
+        bar = progress.add_task("replaying", total=len(dead))
+        for d in dead:
+            replayed += await app.broker.dlq_replay(d)
+            progress.advance(bar)
+    return replayed
 
 
 @dlq.command("purge")

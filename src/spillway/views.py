@@ -34,6 +34,7 @@ def dev_panel(
     if has_api:
         grid.add_row("API", base)
         grid.add_row("Docs", f"{base}/docs")
+        grid.add_row("Dashboard", f"{base}/dashboard  (metrics: {base}/metrics)")
     else:
         grid.add_row("API", "[yellow]not available yet (spillway.api is missing); worker only[/]")
     grid.add_row("Redis", redis_url + ("  (embedded, removed on exit)" if embedded else ""))
@@ -81,16 +82,19 @@ def local_time(value: datetime | None) -> str:
     return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
 
-def dead_letters(dead: list[DeadTask]) -> Group:
-    """Dead letters, newest first: one line of facts, then the last error, per task."""
-    lines: list[Text] = [Text(f"Dead letters ({len(dead)} shown)", style="italic")]
+def dead_letters(dead: list[DeadTask]) -> Table:
+    """Dead letters, newest first, with their last error."""
+    table = Table(title=f"Dead letters ({len(dead)} shown)", title_justify="left")
+    table.add_column("task, last error", min_width=32, ratio=1)
+    table.add_column("type")
+    table.add_column("queue")
+    table.add_column("tries", justify="right")
+    table.add_column("failed")
     for d in dead:
-        head = Text.assemble(
-            (d.id, "bold"), f"  {d.type}  queue {d.queue}  {d.attempts} attempts  ",
-            f"failed {local_time(d.failed_at)}",
-        )  # fmt: skip
-        lines += [head, Text(f"  {d.error}", style="red")]
-    return Group(*lines)
+        # Text, not markup: an error message is user text.
+        task = Text.assemble((d.id or "-", "bold"), "\n", (d.error, "red"))
+        table.add_row(task, d.type or "-", d.queue, str(d.attempts), local_time(d.failed_at))
+    return table
 
 
 def record(task: TaskRecord) -> Table:

@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
+from spillway import metrics
 from spillway.app import Spillway
 from spillway.broker import Delivery, Outcome, Started
 from spillway.codec import JSONError, dumps
@@ -248,7 +249,8 @@ class Worker:
             if s is None:
                 self._release_slot(d)
             else:
-                run = asyncio.create_task(self._run(s), name=f"spillway-task-{d.task_id}")
+                timed = metrics.timed_run(s.type, s.attempts, s.created_at_ms, self._run(s))
+                run = asyncio.create_task(timed, name=f"spillway-task-{d.task_id}")
                 self._inflight[d.entry_id] = (d, run)
 
     def _release_slot(self, d: Delivery) -> None:
@@ -314,10 +316,13 @@ class Worker:
             delay = backoff_delay(s.attempts, base, cap, jitter=jitter)
             log.warning(
                 "task %s (%s) attempt %d failed, retrying in %.2fs: %s",
-                d.task_id, s.type, s.attempts, delay, error,
+                d.task_id, s.type, s.attempts, delay, error, extra=_task_fields(s),
             )  # fmt: skip
             return Outcome(d, s.type, "retry", error, summary, int(delay * 1000), s.attempts)
-        log.error("task %s (%s) dead after %d attempts: %s", d.task_id, s.type, s.attempts, error)
+        log.error(
+            "task %s (%s) dead after %d attempts: %s", d.task_id, s.type, s.attempts, error,
+            extra=_task_fields(s),
+        )  # fmt: skip
         return Outcome(d, s.type, "dead", error, summary, 0, s.attempts)
 
     # --- finishing ---------------------------------------------------------------------------
@@ -338,6 +343,7 @@ class Worker:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
             for o in batch:
+                metrics.task_finished(o.type, o.kind)
                 self.processed += 1
                 self._release_slot(o.delivery)
                 self._outcomes.task_done()
@@ -427,6 +433,11 @@ class Worker:
                 last_seen=None,
             )
         )
+
+
+def _task_fields(s: Started) -> dict[str, Any]:
+    # Structured fields of a task's log line (never its payload).
+    return {"task_id": s.delivery.task_id, "task_type": s.type, "attempt": s.attempts}
 
 
 def _describe(exc: BaseException) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from spillway import metrics
 from spillway.api.problems import HTTPProblem, Rendered, describe, render
 from spillway.api.schemas import BatchItem, TaskSubmission
 from spillway.app import Spillway
@@ -83,6 +84,7 @@ class Accept:
             max_retries=sub.max_retries,
             timeout=sub.timeout_s,
         )
+        metrics.task_accepted(sub.type)
         return _accepted(task_id, scope)
 
     async def _process(self, scope: Scope, receive: Receive, caller: str) -> Rendered:
@@ -91,6 +93,7 @@ class Accept:
         # The route exists only when a default type is configured.
         task_type = self.default_type or ""
         task_id = await self.app.enqueue(task_type, payload, idempotency_key=key)
+        metrics.task_accepted(task_type)
         return _accepted(task_id, scope)
 
     async def _batch(self, scope: Scope, receive: Receive, caller: str) -> Rendered:
@@ -107,6 +110,9 @@ class Accept:
             requests.append((len(results), request))
             results.append(None)
         done = await self.app.accept_prepared(results, requests)
+        for i, request in requests:
+            if done[i].ok:
+                metrics.task_accepted(request.type)
         out = [_item_result(i, r) for i, r in enumerate(done)]
         accepted = sum(1 for r in done if r.ok)
         body = orjson.dumps(
@@ -279,6 +285,7 @@ def _item_result(i: int, result: EnqueueResult) -> dict[str, Any]:
     if result.error is None:
         return {"task_id": result.task_id, "status": "queued", "duplicate": result.duplicate}
     problem = describe(result.error, body_loc=("body", "tasks", i, "payload"))
+    metrics.task_refused(str(problem.doc["type"]))
     return {"task_id": None, "status": "rejected", "duplicate": False, "error": problem.doc}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,13 +12,14 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
-from spillway import __version__
+from spillway import __version__, metrics
 from spillway.api.accept import Accept, ClientGone
 from spillway.api.auth import ANONYMOUS, PUBLIC_PATHS, Auth
 from spillway.api.openapi import openapi_builder
 from spillway.api.problems import HTTPProblem, Rendered, render
 from spillway.api.routes import CALLER, AcceptHandler, add_accept_routes, add_routes
 from spillway.app import Spillway
+from spillway.dashboard import add_dashboard_routes, is_dashboard
 from spillway.errors import BrokerUnavailable, ConfigurationError, SpillwayError, UnknownTaskType
 
 __all__ = ["SpillwayAPI", "create_app"]
@@ -55,7 +57,7 @@ class SpillwayAPI(FastAPI):
         caller = ANONYMOUS
         if self._auth.enabled and path not in PUBLIC_PATHS:
             try:
-                caller = self._auth.identify(scope["headers"])
+                caller = self._auth.identify(scope["headers"], browser=is_dashboard(path))
             except HTTPProblem as exc:
                 await send_rendered(send, render(exc))
                 return
@@ -64,12 +66,14 @@ class SpillwayAPI(FastAPI):
         if handler is None:
             await super().__call__(scope, receive, send)
             return
+        started = time.perf_counter()
         try:
             rendered = await handler(scope, receive, caller)
         except ClientGone:
             return
         except Exception as exc:
             rendered = render(exc)
+        metrics.accept_answered(path, rendered[0], rendered[2], time.perf_counter() - started)
         await send_rendered(send, rendered)
 
 
@@ -128,6 +132,7 @@ def create_app(app: Spillway) -> FastAPI:
     _add_error_handlers(api)
     add_accept_routes(api, fast)
     add_routes(api, app)
+    add_dashboard_routes(api, app)
     api.openapi = openapi_builder(api, app)  # type: ignore[method-assign]
     return api
 

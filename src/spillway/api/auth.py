@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 from collections.abc import Iterable, Sequence
@@ -19,6 +21,8 @@ ANONYMOUS = "anon"
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="spillway"'}
+# Browsers prompt for Basic credentials by themselves; the password is the API key.
+_BROWSER_CHALLENGE = {"WWW-Authenticate": 'Basic realm="spillway", charset="UTF-8"'}
 
 
 class Auth:
@@ -37,29 +41,40 @@ class Auth:
     def enabled(self) -> bool:
         return bool(self._keys)
 
-    def identify(self, headers: Iterable[tuple[bytes, bytes]]) -> str:
-        """The caller's idempotency scope; `HTTPProblem` 401 without a valid key."""
+    def identify(self, headers: Iterable[tuple[bytes, bytes]], *, browser: bool = False) -> str:
+        """The caller's idempotency scope; `HTTPProblem` 401 without a valid key.
+
+        With `browser` (the dashboard's paths) the key may also come as the password of HTTP
+        Basic credentials, and a 401 asks for those, so a browser shows its login prompt.
+        """
         if not self._keys:
             return ANONYMOUS
-        given = _presented_key(headers)
+        challenge = _BROWSER_CHALLENGE if browser else _CHALLENGE
+        given = _presented_key(headers, basic=browser)
         if given is None:
-            raise HTTPProblem(401, "unauthorized", "an API key is required", headers=_CHALLENGE)
+            raise HTTPProblem(401, "unauthorized", "an API key is required", headers=challenge)
         found = None
         # Compare against every key in constant time, without stopping at a match.
         for key, scope in self._keys:
             if hmac.compare_digest(given, key):
                 found = scope
         if found is None:
-            raise HTTPProblem(401, "unauthorized", "the API key is not valid", headers=_CHALLENGE)
+            raise HTTPProblem(401, "unauthorized", "the API key is not valid", headers=challenge)
         return found
 
 
-def _presented_key(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
+def _presented_key(headers: Iterable[tuple[bytes, bytes]], *, basic: bool) -> bytes | None:
     for name, value in headers:
         if name == b"authorization":
             scheme, _, credentials = value.strip().partition(b" ")
             if scheme.lower() == b"bearer" and credentials.strip():
                 return credentials.strip()
+            if basic and scheme.lower() == b"basic":
+                try:
+                    _, _, password = base64.b64decode(credentials.strip()).partition(b":")
+                except binascii.Error:
+                    return None
+                return password or None
         elif name == b"x-api-key" and value.strip():
             return value.strip()
     return None

@@ -13,6 +13,7 @@ import orjson
 from fastapi import FastAPI, Path, Query, Request, Response
 from starlette.types import Receive, Scope
 
+from spillway import metrics
 from spillway.api.auth import ANONYMOUS
 from spillway.api.problems import HTTPProblem, Rendered
 from spillway.api.schemas import (
@@ -25,7 +26,7 @@ from spillway.api.schemas import (
     resource,
 )
 from spillway.app import Spillway
-from spillway.errors import ResultTimeout
+from spillway.errors import BrokerUnavailable, ResultTimeout
 from spillway.records import Stats
 
 __all__ = ["CALLER", "MAX_WAIT_S", "AcceptHandler", "add_accept_routes", "add_routes"]
@@ -210,6 +211,23 @@ def _add_admin_routes(api: FastAPI, app: Spillway) -> None:
     )
     async def stats() -> Response:
         return _json((await app.stats()).model_dump(mode="json"))
+
+    @api.get(
+        "/metrics",
+        operation_id="metrics",
+        tags=["operations"],
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}}, **_problems(401)},
+        description="Task events of this host's API processes (and of workers sharing their "
+        "PROMETHEUS_MULTIPROC_DIR), and queue figures read from Redis now.",
+    )
+    async def prometheus_metrics() -> Response:
+        try:
+            figures: Stats | None = await app.stats()
+        except BrokerUnavailable:
+            figures = None
+        return Response(metrics.render(figures), media_type=metrics.CONTENT_TYPE)
 
     @api.get(
         "/healthz",
