@@ -17,6 +17,7 @@ BENCHMARKS = {
     "drain": "bench.drain",
     "peers": "bench.peers.cli",  # the Python peers side by side; ~17 min (3 rounds)
     "http": "bench.http.run",  # the HTTP accept path beside the seed design; ~3 min
+    "scaling": "bench.scaling",  # 1, 2, 3 shards on a local Redis Cluster; ~1 min
 }
 
 
