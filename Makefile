@@ -14,7 +14,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
 UV := $(BIN)/uv
 
-.PHONY: help install lock dev test lint fmt bench chaos clean chromium screenshot
+.PHONY: help install lock dev test test-cluster lint fmt bench chaos clean chromium screenshot
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ chromium:  ## install Debian's chromium for the browser tests, if missing
 
 test: $(STAMP) chromium  ## run the test suite (all but chaos tests)
 	$(BIN)/pytest -q -m "not chaos" $(PYTEST_ARGS)
+
+test-cluster: $(STAMP)  ## run the suite against a local Redis Cluster (3 primaries, 3 shards)
+	SPILLWAY_TEST_CLUSTER=1 SPILLWAY_TEST_SHARDS=3 $(BIN)/pytest -q -m "not chaos" $(PYTEST_ARGS)
 
 chaos: $(STAMP)  ## run the fault-injection tests
 	$(BIN)/pytest -q -m chaos $(PYTEST_ARGS)
