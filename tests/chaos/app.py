@@ -1,0 +1,119 @@
+"""The application the chaos scenarios run: `tests.chaos.app:app` in the API and the workers.
+
+Every handler writes an execution log to Redis (``<prefix>:chaos:exec``): an ``S`` line when it
+starts and an ``E`` line when it ends, each ``kind|task_id|attempt|pid|time``. The checker
+counts executions and finds overlapping runs of one task from it.
+
+``CHAOS_NO_RENEW=1`` turns claim renewal off in the worker (scenario 5's negative control, to
+prove the checker sees the overlap that renewal prevents). It is a test switch, not a setting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import cast
+
+import redis.asyncio as aioredis
+from pydantic import BaseModel
+
+from spillway import Spillway, TaskContext
+from spillway.broker.connection import make_client
+
+__all__ = ["EXEC_LOG", "Job", "app"]
+
+app = Spillway()
+
+#: Suffix of the execution-log list (the key is ``<prefix>:chaos:exec``).
+EXEC_LOG = "chaos:exec"
+_LOG_PATIENCE = 30.0  # seconds a handler keeps trying to log while Redis is away
+
+_client: aioredis.Redis | None = None
+_lock = asyncio.Lock()
+_gate = asyncio.Semaphore(16)  # bounded log connections per process
+
+
+class Job(BaseModel):
+    """`key` is the client's request key (the checker maps store records back to requests)."""
+
+    key: str
+    ms: int = 0
+    blob: str = ""  # padding, to fill memory (scenario 10)
+
+
+async def _redis() -> aioredis.Redis:
+    global _client
+    async with _lock:
+        if _client is None:
+            assert app.settings.redis_url is not None
+            client = make_client(
+                app.settings.redis_url, socket_timeout=2, connect_timeout=2, max_connections=64
+            )
+            if not isinstance(client, aioredis.Redis):
+                await client.initialize()  # before concurrent use (see Broker.check_server)
+            _client = cast(aioredis.Redis, client)  # a cluster client speaks the same commands
+        return _client
+
+
+async def log(kind: str, ctx: TaskContext) -> None:
+    """Append one line to the execution log, retrying while Redis is away (bounded)."""
+    line = f"{kind}|{ctx.task_id}|{ctx.attempt}|{os.getpid()}|{time.time():.6f}"
+    key = f"{app.settings.prefix}:{EXEC_LOG}"
+    deadline = time.monotonic() + _LOG_PATIENCE
+    async with _gate:
+        while True:
+            try:
+                await (await _redis()).rpush(key, line)
+                return
+            except (OSError, aioredis.RedisError):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+
+
+@app.task(max_retries=3)
+async def work(payload: Job, ctx: TaskContext) -> dict[str, int | str]:
+    """The ordinary task: log, sleep `ms`, log, return."""
+    await log("S", ctx)
+    if payload.ms:
+        await asyncio.sleep(payload.ms / 1000)
+    await log("E", ctx)
+    return {"key": payload.key, "attempt": ctx.attempt}
+
+
+@app.task(max_retries=1)
+async def crash(payload: Job, ctx: TaskContext) -> None:
+    """Kills its whole worker process, on every attempt (scenario 3)."""
+    await log("S", ctx)
+    os._exit(1)
+
+
+@app.task(max_retries=2, retry_base=0.02, retry_cap=0.1)
+async def fail(payload: Job, ctx: TaskContext) -> None:
+    """Raises on every attempt: three runs, then the dead letters (scenario 4)."""
+    await log("S", ctx)
+    await log("E", ctx)
+    raise RuntimeError(f"fail {payload.key} [on purpose]")
+
+
+@app.task(max_retries=3, timeout=600)
+async def slow(payload: Job, ctx: TaskContext) -> str:
+    """Runs longer than the visibility timeout (scenario 5)."""
+    await log("S", ctx)
+    await asyncio.sleep(payload.ms / 1000)
+    await log("E", ctx)
+    return payload.key
+
+
+def _disable_renewal() -> None:
+    from spillway.worker import Worker
+
+    async def no_renewal(self: Worker) -> None:
+        return None
+
+    Worker._renew = no_renewal  # type: ignore[method-assign]
+
+
+if os.environ.get("CHAOS_NO_RENEW") == "1":
+    _disable_renewal()

@@ -1,0 +1,131 @@
+"""What the scenario tests share: their sizes, the stack they start, and the final check."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from tests.chaos.checker import Store, Verdict, check, snapshot
+from tests.chaos.harness import Child, Stack
+from tests.chaos.load import History, Op
+from tests.chaos.report import record
+
+__all__ = ["SIZES", "Keeper", "Running", "conclude", "enqueue", "finish", "pick", "start"]
+
+#: CI size runs in `make test`; full size only under `make chaos` (marker `chaos`).
+SIZES = [
+    pytest.param("ci", id="ci"),
+    pytest.param("full", id="full", marks=[pytest.mark.chaos, pytest.mark.timeout(3600)]),
+]
+
+
+def pick(size: str, ci: Any, full: Any) -> Any:
+    """The value for this size."""
+    return ci if size == "ci" else full
+
+
+@dataclass
+class Running:
+    """A started stack: its API ports and workers."""
+
+    stack: Stack
+    ports: list[int]
+    workers: list[Child]
+
+    @property
+    def urls(self) -> list[str]:
+        return [self.stack.api_url(p) for p in self.ports]
+
+
+async def start(stack: Stack, *, apis: int = 0, workers: int = 0, concurrency: int = 8) -> Running:
+    """Start Redis, then the API servers and workers side by side, and wait for all of them."""
+    await stack.start()
+    ports = []
+    for _ in range(apis):
+        child = stack.start_api()
+        ports.append(next(p for p, c in stack.apis.items() if c is child))
+    children = [stack.start_worker(concurrency) for _ in range(workers)]
+    await asyncio.gather(*(stack.wait_api(p) for p in ports), stack.wait_workers(children))
+    return Running(stack, ports, children)
+
+
+async def conclude(
+    verdict: Verdict,
+    stack: Stack,
+    history: History,
+    *,
+    drain_timeout: float,
+    extra_ids: Sequence[str] = (),
+    **check_options: Any,
+) -> tuple[Verdict, Store]:
+    """Drain, snapshot the store and run the global invariants; the drain time is noted."""
+    started = time.monotonic()
+    try:
+        took = await stack.drain([*history.accepted_ids(), *extra_ids], drain_timeout)
+        verdict.check("drained in time", True)
+        verdict.notes["drain_s"] = round(took, 1)
+    except AssertionError as exc:
+        verdict.check("drained in time", False, exc)
+        verdict.notes["drain_s"] = round(time.monotonic() - started, 1)
+    await stack.stop_workers()
+    store = await snapshot(stack.redis_client, stack.prefix, stack.spillway.queues)
+    check(verdict, history, store, **check_options)
+    return verdict, store
+
+
+async def enqueue(stack: Stack, items: Sequence[tuple[str, int]], key_prefix: str = "d") -> History:
+    """Enqueue (type, ms) tasks in this process, recorded as accepted requests of a history.
+
+    For scenarios about workers: `enqueue` returns only once the task is written, like a 202.
+    """
+    history = History()
+    for n, (task, ms) in enumerate(items):
+        key = f"{key_prefix}{n}"
+        history.keys.add(key)
+        started = time.time()
+        task_id = await stack.spillway.enqueue(task, {"key": key, "ms": ms})
+        history.ops.append(Op(key, "in-process", started, time.time(), 202, task_id))
+    return history
+
+
+class Keeper:
+    """Restarts workers that died (what a supervisor does), counting the restarts."""
+
+    def __init__(self, stack: Stack, concurrency: int) -> None:
+        self.stack = stack
+        self.concurrency = concurrency
+        self.restarts = 0
+        self._replaced: set[Child] = set()
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> Keeper:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            for w in list(self.stack.workers):
+                # Exit 0 or SIGTERM is a requested stop; anything else is a death to make good.
+                code = w.process.poll()
+                if code not in (None, 0, -signal.SIGTERM) and w not in self._replaced:
+                    self._replaced.add(w)
+                    self.restarts += 1
+                    self.stack.start_worker(self.concurrency)
+            await asyncio.sleep(0.05)
+
+
+def finish(verdict: Verdict) -> None:
+    """Record the row, then fail the test if any check failed."""
+    record(verdict)
+    verdict.assert_passed()
