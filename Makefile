@@ -14,7 +14,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
 UV := $(BIN)/uv
 
-.PHONY: help install lock dev test test-cluster lint fmt bench chaos clean chromium screenshot
+.PHONY: help install lock dev test test-cluster lint fmt bench chaos soak clean chromium screenshot
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -51,6 +51,14 @@ test-cluster: $(STAMP)  ## run the suite against a local Redis Cluster (3 primar
 
 chaos: $(STAMP)  ## run the fault-injection tests
 	$(BIN)/pytest -q -m chaos $(PYTEST_ARGS)
+
+# Scenario 13 of issue 5: SOAK_MINUTES at SOAK_RATE tasks/s (about half of what this machine
+# drains), a worker kill -9 every minute; loopback only, never in CI.
+SOAK_MINUTES ?= 30
+SOAK_RATE ?= 150
+soak: $(STAMP)  ## run the soak test (SOAK_MINUTES=30 at SOAK_RATE=150 tasks/s)
+	SPILLWAY_SOAK_MINUTES=$(SOAK_MINUTES) SPILLWAY_SOAK_RATE=$(SOAK_RATE) \
+		$(BIN)/pytest -q -m chaos tests/chaos/test_soak.py $(PYTEST_ARGS)
 
 lint: $(STAMP)  ## lock freshness, ruff, format check and mypy --strict
 	$(UV) lock --check
