@@ -383,6 +383,8 @@ async def test_finish_writes_one_outcome_for_a_duplicate_delivery(app: Spillway)
     assert await broker.finish([first]) == [True]
     assert await broker.finish([second]) == [False]
     assert (await app.get(task_id)).result == 1
+    # Only the outcome that was written is counted.
+    assert (await app.stats()).counts == {"once": {"succeeded": 1}}
 
 
 async def test_unknown_types_are_dead_lettered_on_their_first_delivery(
@@ -587,4 +589,58 @@ async def test_enqueue_many_with_redis_gone_refuses_each_item_quickly(settings: 
         assert all(isinstance(r.error, BrokerUnavailable) for r in results)
         with pytest.raises(BrokerUnavailable):
             await app.enqueue("job", {"n": 1})
+        await app.close()
+
+
+async def test_workers_drain_a_redis_that_is_full(settings: Settings) -> None:
+    from spillway import BrokerUnavailable
+    from spillway.embedded import EmbeddedRedis
+
+    with EmbeddedRedis(maxmemory="4mb") as server:
+        app = Spillway(
+            settings.model_copy(update={"redis_url": server.url, "backlog_limit": 10**6})
+        )
+
+        @app.task
+        async def job(payload: dict[str, str]) -> None:
+            return None
+
+        accepted, refused = 0, None
+        while refused is None and accepted < 10_000:
+            try:
+                await app.enqueue("job", {"pad": "x" * 2000})
+                accepted += 1
+            except BrokerUnavailable as exc:  # a full Redis refuses new work: 503, not a loss
+                refused = exc
+        assert refused is not None
+        assert accepted > 100
+        # The worker's scripts may write over maxmemory (they free more than they keep).
+        worker = await drain(app)
+        assert worker.processed == accepted
+        assert (await app.stats()).queues[0].backlog == 0
+        await app.close()
+
+
+async def test_a_503_from_a_frozen_redis_means_nothing_was_stored(settings: Settings) -> None:
+    from spillway import BrokerUnavailable
+    from spillway.embedded import EmbeddedRedis
+
+    with EmbeddedRedis() as server:
+        app = Spillway(settings.model_copy(update={"redis_url": server.url}))
+
+        @app.task
+        async def job(item: Item) -> None:
+            return None
+
+        await app.connect()
+        server.pause()
+        try:
+            started = time.monotonic()
+            with pytest.raises(BrokerUnavailable):
+                await app.enqueue("job", {"n": 1})
+            assert time.monotonic() - started <= settings.redis_timeout * 2 + 0.2
+        finally:
+            server.resume()
+        # Redis ran the queued accept script on waking, past its deadline: it wrote nothing.
+        assert (await app.stats()).queues[0].backlog == 0
         await app.close()

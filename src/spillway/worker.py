@@ -118,14 +118,18 @@ class Worker:
             try:
                 await self.app.connect()
                 await self.app.broker.register_queues(self.queues)
-                await self._heartbeat()
-                return
             except BrokerUnavailable as exc:
                 if self._stopping.is_set():
                     raise
                 log.warning("waiting for Redis: %s", exc)
                 await self._sleep(delay)
                 delay = min(delay * 2, 5.0)
+                continue
+            try:
+                await self._heartbeat()
+            except BrokerUnavailable as exc:  # e.g. a full Redis: run anyway, and make room
+                log.warning("heartbeat refused: %s", exc)
+            return
 
     async def _shutdown(
         self, finisher: asyncio.Task[None], keeper: asyncio.Task[None], renewer: asyncio.Task[None]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -33,6 +35,8 @@ from spillway.broker.wire import Batch, refresh_slots
 from spillway.errors import BrokerUnavailable, ConfigurationError, EvictionPolicyError
 from spillway.records import DeadTask, QueueStats, WorkerInfo, from_ms
 from spillway.settings import Settings
+
+log = logging.getLogger("spillway.broker")
 
 __all__ = [
     "AcceptReply",
@@ -84,6 +88,7 @@ class AcceptRequest:
     delay_ms: int = 0
     idempotency_key: str | None = None  # already scoped by the caller
     fingerprint: str = ""
+    deadline_ms: int = 0  # on the Redis clock; the accept script refuses to write after it
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +177,7 @@ class Broker:
             lambda: pubsub_client(self.client, settings.redis_timeout), self._terminal_status
         )
         self._accept_queue: list[tuple[AcceptRequest, asyncio.Future[AcceptReply]]] = []
+        self._clock_offset_ms = 0.0
         self._accept_flusher: asyncio.Task[None] | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -233,10 +239,14 @@ class Broker:
             # (and closes connections in use) when its first commands run concurrently.
             for client in (self.client, self.blocking):
                 await self._run(client.initialize)
+        versions = []
         for info in _per_node(await self._run(lambda: self.client.info("server"))):
             version = str(info.get("redis_version", "0"))
-            if tuple(int(p) for p in version.split(".")[:2]) < (6, 2):
+            versions.append(tuple(int(p) for p in version.split(".")[:2]))
+            if versions[-1] < (6, 2):
                 raise ConfigurationError(f"Redis {version} is too old: Spillway needs >= 6.2")
+        self.scripts.use_flags(min(versions) >= (7, 0))
+        await self._measure_clock()
         if self.settings.check_eviction_policy:
             for info in _per_node(await self._run(lambda: self.client.info("memory"))):
                 policy = str(info.get("maxmemory_policy", "noeviction"))
@@ -244,8 +254,11 @@ class Broker:
                     raise EvictionPolicyError(policy)
         await self._run(lambda: self.scripts.load(self.client))
         meta = self.keys.meta
-        await self._run(lambda: self.client.hsetnx(meta, "shards", self.settings.shards))
-        recorded = int(await self._run(lambda: self.client.hget(meta, "shards")))
+        with contextlib.suppress(BrokerUnavailable):  # a full Redis: compare with what is there
+            await self._run(lambda: self.client.hsetnx(meta, "shards", self.settings.shards))
+        recorded = int(
+            await self._run(lambda: self.client.hget(meta, "shards")) or self.settings.shards
+        )
         if recorded != self.settings.shards:
             raise ConfigurationError(
                 f"SPILLWAY_SHARDS is {self.settings.shards} but the data under prefix "
@@ -253,15 +266,43 @@ class Broker:
                 "or a new SPILLWAY_PREFIX"
             )
 
+    async def _measure_clock(self) -> None:
+        """How far the Redis server's clock is ahead of ours (ms), for accept deadlines."""
+        before = time.time()
+        seconds, micros = await self._run(self.client.time)
+        after = time.time()
+        self._clock_offset_ms = (int(seconds) + int(micros) / 1e6 - (before + after) / 2) * 1000
+
     # --- accept ------------------------------------------------------------------------------
 
     async def accept(self, request: AcceptRequest) -> AcceptReply:
-        """Write one task. Concurrent callers are coalesced into one pipeline round trip."""
+        """Write one task. Concurrent callers are coalesced into one pipeline round trip.
+
+        Each caller waits at most its own budget from the moment it called, even when its
+        batch is queued behind a stuck one; past that it gets `BrokerUnavailable`, and the
+        accept script refuses the batch if Redis runs it after the caller's deadline, so a
+        503 always means nothing was written.
+        """
+        budget = self.settings.redis_timeout * 2
+        request = dataclasses.replace(request, deadline_ms=self._deadline_ms(budget))
         future: asyncio.Future[AcceptReply] = asyncio.get_running_loop().create_future()
         self._accept_queue.append((request, future))
         if self._accept_flusher is None or self._accept_flusher.done():
             self._accept_flusher = asyncio.create_task(self._flush_accepts())
-        return await future
+        try:
+            async with asyncio.timeout(budget):
+                return await asyncio.shield(future)
+        except TimeoutError:
+            raise BrokerUnavailable(f"Redis did not answer within {budget:g} s") from None
+
+    def _deadline_ms(self, budget: float) -> int:
+        """A deadline `budget` seconds from now on the Redis server's clock (ms).
+
+        A margin is kept so a script that runs just before it still has its reply back to the
+        caller in time.
+        """
+        margin = min(0.1, budget / 4)
+        return int((time.time() + budget - margin) * 1000 + self._clock_offset_ms)
 
     async def _flush_accepts(self) -> None:
         while self._accept_queue:
@@ -272,6 +313,7 @@ class Broker:
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
+                        future.exception()  # its caller may have timed out: no "never retrieved"
                 if not isinstance(exc, Exception):
                     raise
                 continue
@@ -293,7 +335,14 @@ class Broker:
             for k, idx in by_shard.items():
                 shard = self.keys.shard(k)
                 keys: list[str] = []
-                args: list[Any] = [limit, self._idempotency_ttl_ms]
+                # The caller gives up at its own deadline, or when the reply takes longer than
+                # the socket timeout from now, whichever comes first.
+                deadline = min(
+                    [requests[i].deadline_ms for i in idx if requests[i].deadline_ms],
+                    default=self._deadline_ms(self.settings.redis_timeout),
+                )
+                deadline = min(deadline, self._deadline_ms(self.settings.redis_timeout))
+                args: list[Any] = [limit, self._idempotency_ttl_ms, deadline]
                 for i in idx:
                     r = requests[i]
                     idem = shard.idempotency(r.idempotency_key) if r.idempotency_key else shard.base
@@ -309,6 +358,8 @@ class Broker:
         written = await self._pipeline(build, replicated=True)
         for idx, items in zip(by_shard.values(), written, strict=True):
             for i, (status, value) in zip(idx, items, strict=True):
+                if status == "late":
+                    raise BrokerUnavailable("Redis ran the accept after its deadline: not written")
                 if status == "full":
                     replies[i] = AcceptReply("full", "", backlog=int(value))
                 else:
@@ -385,6 +436,11 @@ class Broker:
             build(pipe)
             results = await pipe.execute(raise_on_error=False)
         for r in results:
+            if isinstance(r, OutOfMemoryError):
+                # A full Redis: groups that exist keep working, and a missing one is created
+                # on the first read after memory frees up (NOGROUP brings us back here).
+                log.warning("Redis is full (maxmemory): consumer groups not checked")
+                return
             if isinstance(r, Exception) and "BUSYGROUP" not in str(r):
                 mapped = unavailable(r)
                 raise mapped or r
@@ -484,7 +540,7 @@ class Broker:
         def build(pipe: Batch) -> None:
             for (queue, k), idx in by_stream.items():
                 shard = self.keys.shard(k)
-                keys = [shard.stream(queue), shard.dead(queue)]
+                keys = [shard.stream(queue), shard.dead(queue), shard.counters]
                 keys += [shard.task(deliveries[i].task_id) for i in idx]
                 args: list[Any] = [GROUP, self.result_ttl_ms, shard.channel_prefix]
                 args += [deliveries[i].entry_id for i in idx]
@@ -516,20 +572,13 @@ class Broker:
                 d = o.delivery
                 shard = self.keys.shard(d.shard)
                 keys = [shard.task(d.task_id), shard.stream(d.queue), shard.due(d.queue),
-                        shard.dead(d.queue)]  # fmt: skip
+                        shard.dead(d.queue), shard.counters]  # fmt: skip
                 args = [d.task_id, d.entry_id, GROUP, o.kind, o.value, o.traceback,
                         self.result_ttl_ms, o.retry_delay_ms, shard.channel(d.task_id),
                         o.attempts]  # fmt: skip
                 self.scripts.queue(pipe, "finish", keys, args)
-            counts: dict[str, int] = {}
-            for o in outcomes:
-                field = f"{o.type}|{o.kind}"
-                counts[field] = counts.get(field, 0) + 1
-            for field, n in counts.items():
-                pipe.hincrby(self.keys.counters, field, n)
 
-        replies = await self._pipeline(build)
-        return [bool(r) for r in replies[: len(outcomes)]]
+        return [bool(r) for r in await self._pipeline(build)]
 
     async def renew(self, consumer: str, deliveries: Sequence[Delivery]) -> int:
         """Reset the idle time of deliveries this consumer still runs (claim renewal)."""
@@ -752,11 +801,20 @@ class Broker:
         return out
 
     async def counters(self) -> dict[str, dict[str, int]]:
-        raw: dict[str, str] = await self._run(lambda: self.client.hgetall(self.keys.counters))
+        """Stored outcomes by task type, summed over the shards' counters."""
+
+        async def run() -> list[dict[str, str]]:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for shard in self.keys.all_shards():
+                    pipe.hgetall(shard.counters)
+                return list(await pipe.execute())
+
         out: dict[str, dict[str, int]] = {}
-        for field, n in raw.items():
-            task_type, _, kind = field.rpartition("|")
-            out.setdefault(task_type, {})[kind] = int(n)
+        for raw in await self._run(run):
+            for field, n in raw.items():
+                task_type, _, kind = field.rpartition("|")
+                per_type = out.setdefault(task_type, {})
+                per_type[kind] = per_type.get(kind, 0) + int(n)
         return out
 
     def shard_for_key(self, key: str) -> int:

@@ -96,6 +96,11 @@ class ShardKeys:
     def channel_prefix(self) -> str:
         return f"{self.base}:done:"
 
+    @property
+    def counters(self) -> str:
+        """Hash of ``type|outcome`` -> count, for the outcomes stored in this shard."""
+        return f"{self.base}:counters"
+
     def task(self, task_id: str) -> str:
         return f"{self.base}:task:{task_id}"
 
@@ -139,8 +144,3 @@ class Keys:
     def meta(self) -> str:
         """Hash of facts fixed at first use (the shard count)."""
         return f"{self.prefix}:meta"
-
-    @property
-    def counters(self) -> str:
-        """Hash of ``type|outcome`` -> count."""
-        return f"{self.prefix}:counters"

@@ -16,13 +16,26 @@ __all__ = ["Scripts"]
 
 NAMES = ("accept", "begin", "finish", "due", "promote", "cancel", "replay", "renew", "release")
 
+# Scripts that move work along or free memory. Over `maxmemory` (noeviction) Redis refuses any
+# script's first write unless it is flagged allow-oom, and then nothing could ever finish and
+# free room. `accept` is deliberately not among them: a full Redis refuses new work (503).
+ALLOW_OOM = frozenset({"begin", "finish", "promote", "cancel", "renew", "release", "due"})
+
 
 class Scripts:
     """Every script by name; `call` runs one, `queue` adds one to a pipeline."""
 
     def __init__(self) -> None:
         folder = files("spillway.broker").joinpath("scripts")
-        self.source = {n: folder.joinpath(f"{n}.lua").read_text() for n in NAMES}
+        self._plain = {n: folder.joinpath(f"{n}.lua").read_text() for n in NAMES}
+        self.use_flags(False)
+
+    def use_flags(self, enabled: bool) -> None:
+        """Declare script flags (a `#!lua` line, Redis >= 7.0; older servers reject it)."""
+        self.source = {
+            n: (f"#!lua flags=allow-oom\n{s}" if enabled and n in ALLOW_OOM else s)
+            for n, s in self._plain.items()
+        }
         self.sha = {n: hashlib.sha1(s.encode()).hexdigest() for n, s in self.source.items()}  # noqa: S324
 
     async def load(self, client: Redis | RedisCluster) -> None:

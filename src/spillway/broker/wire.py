@@ -96,9 +96,6 @@ class Batch:
     def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> None:
         self.commands.append(["EVALSHA", sha, numkeys, *keys_and_args])
 
-    def hincrby(self, key: str, field: str, amount: int) -> None:
-        self.commands.append(["HINCRBY", key, field, amount])
-
     async def send(self, client: Redis | RedisCluster, only: list[int] | None = None) -> list[Any]:
         """Send the commands (or those at the indices `only`) and read their replies."""
         indices = list(range(len(self.commands))) if only is None else only

@@ -3,18 +3,28 @@
 -- KEYS[4i-3..4i] for task i: its record (hash), the shard stream of its queue, that queue's due
 --   set (zset), its idempotency key (any key of the shard when it has none)
 -- ARGV[1] backlog limit per shard stream   ARGV[2] idempotency TTL (ms)
--- ARGV[3+7(i-1)..] for task i: id, type, queue, payload (JSON), fingerprint ('' = no key),
+-- ARGV[3] deadline (server clock, ms; 0 = none): past it, the caller has already answered 503,
+--   so nothing may be written
+-- ARGV[4+7(i-1)..] for task i: id, type, queue, payload (JSON), fingerprint ('' = no key),
 --   delay (ms, 0 = now), policy 'max_retries|timeout|retry_base|retry_cap'
 -- (The policy is one argument: fewer arguments make large batches markedly cheaper to send.)
 -- Returns one reply per task: {'ok', id} | {'duplicate', id} | {'conflict', id} | {'full', n}
+--   | {'late', ''} (all of them, when the deadline has passed)
 local limit, idem_ttl = tonumber(ARGV[1]), ARGV[2]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local backlog = {}  -- per stream: entries (XLEN counts undelivered and in flight) + due tasks
 local out = {}
+local deadline = tonumber(ARGV[3])
+if deadline > 0 and now > deadline then
+  for i = 1, #KEYS / 4 do
+    out[i] = {'late', ''}
+  end
+  return out
+end
+local backlog = {}  -- per stream: entries (XLEN counts undelivered and in flight) + due tasks
 for i = 1, #KEYS / 4 do
   local record, stream, due, idem = KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1], KEYS[4 * i]
-  local a = 3 + 7 * (i - 1)
+  local a = 4 + 7 * (i - 1)
   local id, fingerprint = ARGV[a], ARGV[a + 4]
   local reply = nil
   if fingerprint ~= '' then

@@ -1,18 +1,19 @@
 -- begin: turn a batch of deliveries of one shard into runs, counting attempts from the PEL.
--- KEYS[1] shard stream   KEYS[2] dead-letter stream   KEYS[3..] the task record of each delivery
+-- KEYS[1] shard stream   KEYS[2] dead-letter stream   KEYS[3] the shard's outcome counters
+-- KEYS[4..] the task record of each delivery
 -- ARGV[1] group   ARGV[2] result TTL (ms)   ARGV[3] completion channel prefix
--- ARGV[4..] the stream entry id of each delivery, in the order of KEYS[3..]
+-- ARGV[4..] the stream entry id of each delivery, in the order of KEYS[4..]
 -- Returns one item per delivery:
 --   {'run', type, payload, attempts, max_retries, timeout, retry_base, retry_cap, created_at}
 --   {'skip'}  the entry is stale (task terminal, cancelled, missing or already acknowledged)
 --   {'dead'}  deliveries exceeded the attempt limit (the process running it kept dying), or the
 --             entry names no task record (malformed): moved to the dead-letter stream unrun
-local stream, dead, group = KEYS[1], KEYS[2], ARGV[1]
+local stream, dead, counters, group = KEYS[1], KEYS[2], KEYS[3], ARGV[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
-for i = 3, #KEYS do
-  local record, entry = KEYS[i], ARGV[i + 1]
+for i = 4, #KEYS do
+  local record, entry = KEYS[i], ARGV[i]
   local r = redis.call('HMGET', record, 'status', 'entry', 'type', 'payload', 'max_retries',
     'timeout', 'prior_attempts', 'id', 'retry_base', 'retry_cap', 'created_at', 'queue')
   local status = r[1]
@@ -45,6 +46,7 @@ for i = 3, #KEYS do
       redis.call('XACK', stream, group, entry)
       redis.call('XDEL', stream, entry)
       redis.call('PUBLISH', ARGV[3] .. r[8], 'dead')
+      redis.call('HINCRBY', counters, r[3] .. '|dead', 1)
       out[#out + 1] = {'dead'}
     else
       redis.call('HSET', record, 'status', 'running', 'attempts', attempts, 'started_at', now)

@@ -1,5 +1,6 @@
 -- finish: write one outcome exactly once, acknowledge and delete the delivery, notify waiters.
 -- KEYS[1] task record   KEYS[2] shard stream   KEYS[3] due set   KEYS[4] dead-letter stream
+-- KEYS[5] the shard's outcome counters (hash of 'type|outcome' -> count)
 -- ARGV[1] task id   ARGV[2] stream entry id   ARGV[3] group   ARGV[4] outcome:
 --   'succeeded' | 'retry' | 'dead'
 -- ARGV[5] result (JSON) or error text   ARGV[6] traceback summary   ARGV[7] result TTL (ms)
@@ -8,7 +9,7 @@
 local record, stream = KEYS[1], KEYS[2]
 redis.call('XACK', stream, ARGV[3], ARGV[2])
 redis.call('XDEL', stream, ARGV[2])
-local r = redis.call('HMGET', record, 'status', 'entry')
+local r = redis.call('HMGET', record, 'status', 'entry', 'type')
 -- Only the delivery the record points at may write: a reclaimed duplicate, or a delivery of a
 -- task that was cancelled or already finished, writes nothing.
 if r[1] ~= 'running' or r[2] ~= ARGV[2] then
@@ -17,6 +18,8 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local outcome = ARGV[4]
+-- Counted here, so a stale duplicate (which wrote nothing above) is never counted.
+redis.call('HINCRBY', KEYS[5], r[3] .. '|' .. outcome, 1)
 if outcome == 'succeeded' then
   redis.call('HSET', record, 'status', 'succeeded', 'result', ARGV[5], 'finished_at', now,
     'entry', '')
