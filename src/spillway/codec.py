@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 import orjson
 import pydantic_core
 
-__all__ = ["JSONError", "check_depth", "dumps", "loads"]
+__all__ = ["JSONError", "check_depth", "check_duplicate_keys", "dumps", "loads"]
 
 
 class JSONError(ValueError):
@@ -16,12 +17,41 @@ class JSONError(ValueError):
 
 
 def loads(data: bytes | str, *, max_depth: int = 32) -> Any:
-    """Parse strict JSON (orjson rejects NaN, Infinity and invalid UTF-8) with a depth limit."""
+    """Parse strict JSON (orjson rejects NaN, Infinity and invalid UTF-8) with a depth limit,
+    refusing objects with a duplicate key."""
     check_depth(data, max_depth)
     try:
-        return orjson.loads(data)
+        value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise JSONError(str(exc)) from exc
+    check_duplicate_keys(data)
+    return value
+
+
+_KEY = re.compile(rb'"((?:[^"\\\\]|\\\\.)*)"\s*:')
+
+
+def check_duplicate_keys(data: bytes | str) -> None:
+    """Refuse an object that names a key twice (`{"type": "a", "type": "b"}`).
+
+    JSON parsers keep the last value silently, so a request could mean one thing to a proxy
+    and another here. The check is cheap when no key name repeats anywhere in the document
+    (the usual case); only then does a precise, object-by-object parse run.
+    """
+    raw = data.encode() if isinstance(data, str) else data
+    keys = _KEY.findall(raw)
+    if len(keys) == len(set(keys)):
+        return
+
+    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise JSONError(f"duplicate key {key!r} in a JSON object")
+            seen.add(key)
+        return dict(pairs)
+
+    json.loads(raw, object_pairs_hook=pairs_hook)
 
 
 def dumps(value: Any) -> str:

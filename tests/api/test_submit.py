@@ -181,6 +181,25 @@ async def test_unstorable_json_values_are_422(
     assert await backlog(spillway) == before
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"type": "nope", "type": "echo", "payload": {}}',
+        b'{"type": "echo", "payload": {"n": 1, "n": 2}}',
+    ],
+    ids=["top-level", "in-the-payload"],
+)
+async def test_duplicate_keys_are_422_and_enqueue_nothing(
+    http: httpx.AsyncClient, spillway: Spillway, raw: bytes
+) -> None:
+    before = await backlog(spillway)
+    response = await http.post("/tasks", content=raw, headers={"Content-Type": "application/json"})
+
+    doc = _problem(response, 422, "unsupported-json")
+    assert "duplicate key" in doc["detail"]
+    assert await backlog(spillway) == before
+
+
 async def test_nesting_deeper_than_the_limit_is_refused(http: httpx.AsyncClient) -> None:
     deep = b"[" * 40 + b"]" * 40
     raw = b'{"type": "echo", "payload": {"v": ' + deep + b"}}"

@@ -20,7 +20,7 @@ from spillway.api.problems import HTTPProblem, Rendered, describe, render
 from spillway.api.schemas import BatchItem, TaskSubmission
 from spillway.app import Spillway
 from spillway.broker import AcceptRequest
-from spillway.codec import JSONError, check_depth
+from spillway.codec import JSONError, check_depth, check_duplicate_keys
 from spillway.errors import SpillwayError
 from spillway.records import EnqueueResult
 
@@ -202,9 +202,15 @@ def parse_json(body: bytes, max_depth: int) -> Any:
     except JSONError as exc:
         raise HTTPProblem(422, "unsupported-json", str(exc)) from None
     try:
-        return orjson.loads(body)
+        doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         error = exc
+    else:
+        try:
+            check_duplicate_keys(body)
+        except JSONError as exc:
+            raise HTTPProblem(422, "unsupported-json", str(exc)) from None
+        return doc
     # Only on the error path: Python's parser accepts NaN, Infinity and lone surrogates, so
     # what it parses is JSON we refuse to store, not malformed JSON.
     try:

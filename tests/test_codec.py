@@ -1,0 +1,42 @@
+"""Strict JSON: what the codec refuses, and that legitimate documents pass untouched."""
+
+from __future__ import annotations
+
+import pytest
+
+from spillway.codec import JSONError, check_duplicate_keys, loads
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        b'{"a": 1, "b": {"a": 2}}',  # the same key in different objects is fine
+        b'[{"k": 1}, {"k": 2}]',
+        b'{"text": "looks like \\"k\\": 1", "k": 3}',  # a key-like string inside a value
+        b"{}",
+    ],
+)
+def test_documents_without_duplicate_keys_pass(doc: bytes) -> None:
+    check_duplicate_keys(doc)
+    assert loads(doc) is not None
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [b'{"type": "a", "type": "b"}', b'{"p": {"k": 1, "x": [], "k": 2}}', b'[{"a": 1, "a": 1}]'],
+)
+def test_an_object_naming_a_key_twice_is_refused(doc: bytes) -> None:
+    with pytest.raises(JSONError, match="duplicate key"):
+        loads(doc)
+
+
+@pytest.mark.parametrize("doc", [b"[NaN]", b"[Infinity]", b'["\\ud800"]', b"[1,]", b"\xff"])
+def test_values_that_are_not_strict_json_are_refused(doc: bytes) -> None:
+    with pytest.raises(JSONError):
+        loads(doc)
+
+
+def test_nesting_is_bounded_before_parsing() -> None:
+    with pytest.raises(JSONError, match="deeper than 32"):
+        loads(b"[" * 100_000 + b"]" * 100_000)
+    assert loads(b'"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["') == "[" * 44
