@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -75,6 +77,27 @@ class SpillwayAPI(FastAPI):
             rendered = render(exc)
         metrics.accept_answered(path, rendered[0], rendered[2], time.perf_counter() - started)
         await send_rendered(send, rendered)
+        if rendered[0] == 413:
+            await discard_body(receive)
+
+
+async def discard_body(
+    receive: Receive, max_bytes: int = 64 << 20, max_seconds: float = 5.0
+) -> None:
+    """Read and drop what is left of a refused body, within bounds (a lingering close).
+
+    Closing with unread data makes the kernel reset the connection, and a client still
+    sending its body then loses the 413 it was sent; reading on for a while lets it arrive.
+    Nothing is kept, so memory stays flat however large the body.
+    """
+    dropped = 0
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max_seconds):
+            while dropped <= max_bytes:
+                message = await receive()
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    return
+                dropped += len(message.get("body", b""))
 
 
 async def send_rendered(send: Send, rendered: Rendered) -> None:
