@@ -4,8 +4,9 @@ Every handler writes an execution log to Redis (``<prefix>:chaos:exec``): an ``S
 starts and an ``E`` line when it ends, each ``kind|task_id|attempt|pid|time``. The checker
 counts executions and finds overlapping runs of one task from it.
 
-``CHAOS_NO_RENEW=1`` turns claim renewal off in the worker (scenario 5's negative control, to
-prove the checker sees the overlap that renewal prevents). It is a test switch, not a setting.
+``CHAOS_NO_RENEW=1`` turns claim renewal (and reclaiming, which also refreshes a worker's own
+claims) off in the worker: scenario 5's negative control, to prove the checker sees the overlap
+that renewal prevents when another worker steals the task. A test switch, not a setting.
 """
 
 from __future__ import annotations
@@ -82,6 +83,12 @@ async def work(payload: Job, ctx: TaskContext) -> dict[str, int | str]:
     return {"key": payload.key, "attempt": ctx.attempt}
 
 
+@app.task(max_retries=3)
+async def quiet(payload: Job) -> str:
+    """Writes no execution log: for a Redis too full to take the log's writes (scenario 10)."""
+    return payload.key
+
+
 @app.task(max_retries=1)
 async def crash(payload: Job, ctx: TaskContext) -> None:
     """Kills its whole worker process, on every attempt (scenario 3)."""
@@ -112,7 +119,11 @@ def _disable_renewal() -> None:
     async def no_renewal(self: Worker) -> None:
         return None
 
+    async def no_reclaim(self: Worker, cursors: object) -> None:
+        return None
+
     Worker._renew = no_renewal  # type: ignore[method-assign]
+    Worker._reclaim = no_reclaim  # type: ignore[method-assign]
 
 
 if os.environ.get("CHAOS_NO_RENEW") == "1":

@@ -47,8 +47,8 @@ CORPUS: list[tuple[str, dict[str, str], bytes, set[int]]] = [
     ("xml", {"content-type": "application/xml"}, VALID, {415}),
     ("no content type", {}, VALID, {415}),
 ]
-# Duplicate keys: orjson keeps the last one, so this body is a valid task today (a finding:
-# see docs/reliability.md). It is checked on its own, as a strict xfail, below.
+# Duplicate keys: orjson alone would keep the last one and enqueue a `work` task (a finding:
+# see docs/reliability.md). Checked on its own below.
 DUPLICATE_KEYS = b'{"type": "nope", "type": "work", "payload": {"key": "dup"}}'
 
 
@@ -117,8 +117,7 @@ async def test_bad_input_gets_a_fast_4xx_and_enqueues_nothing(
     verdict.check("zero 5xx", not any(s >= 500 for s in statuses), statuses)
     verdict.check("each answered with the right 4xx", not wrong, wrong[:5])
     verdict.check("each within 200 ms", not slow, slow[:5])
-    # The server stops reading at the limit and closes; the client often sees a reset instead
-    # of its 413 (a finding, see test_a_10_mb_body_gets_its_413). Never anything else.
+    # A 413, or a reset if the client outlasts the server's lingering close; nothing else.
     verdict.check("10 MB with Content-Length: 413 or reset", set(sized) <= {413, 0}, sized)
     verdict.check("10 MB chunked: 413 or reset", set(chunked) <= {413, 0}, chunked)
     verdict.check("zero enqueues", not store.records and store.entries_added == 0,
@@ -132,11 +131,6 @@ async def test_bad_input_gets_a_fast_4xx_and_enqueues_nothing(
     finish(verdict)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="orjson keeps the last of duplicate keys, so the body is accepted as a task of the "
-    "last 'type': see docs/reliability.md",
-)
 async def test_duplicate_keys_are_refused(stacks: StackFactory) -> None:
     run = await start(stacks(), apis=1)
     async with httpx.AsyncClient(base_url=run.urls[0], timeout=10.0) as http:
@@ -164,10 +158,6 @@ class _Answer(asyncio.Protocol):
         self.got.set()
 
 
-@pytest.mark.xfail(  # not strict: the 413 sometimes arrives before the reset
-    reason="the API closes the connection with the unread body, so the client's kernel "
-    "discards the 413 on the reset: see docs/reliability.md",
-)
 async def test_a_10_mb_body_gets_its_413(stacks: StackFactory) -> None:
     run = await start(stacks(), apis=1)
     answers = [await _upload(run.urls[0], 10 * 2**20, chunked=c) for c in (False, True) * 3]

@@ -225,10 +225,19 @@ async def test_a_task_slower_than_the_visibility_timeout_runs_once_while_renewed
     ms = int(visibility * 2500)
 
     async def phase(renew: bool) -> tuple[Verdict, Store]:
-        env = {} if renew else {"CHAOS_NO_RENEW": "1"}
-        stack = stacks(settings={"visibility_timeout": visibility}, env=env)
-        await start(stack, workers=2, concurrency=tasks)
-        history = await enqueue(stack, [("slow", ms)] * tasks)
+        stack = stacks(settings={"visibility_timeout": visibility})
+        if renew:
+            await start(stack, workers=2, concurrency=tasks)
+            history = await enqueue(stack, [("slow", ms)] * tasks)
+        else:
+            # The owner runs every task without renewing; a second worker, started once they
+            # run, steals each after the visibility timeout.
+            await stack.start()
+            owner = stack.start_worker(tasks, env={"CHAOS_NO_RENEW": "1"})
+            await stack.wait_workers([owner])
+            history = await enqueue(stack, [("slow", ms)] * tasks)
+            await _until_running(stack, [op.task_id or "" for op in history.ops])
+            await stack.wait_workers([stack.start_worker(tasks)])
         name = "5 slow task, renewal on" if renew else "5 slow task, renewal off (control)"
         verdict = Verdict(name, size, faults=f"{tasks} tasks of {ms / 1000:g} s")
         return await conclude(verdict, stack, history, drain_timeout=60)
@@ -243,3 +252,10 @@ async def test_a_task_slower_than_the_visibility_timeout_runs_once_while_renewed
     control.notes["expected"] = "duplicates and overlaps > 0"
     finish(renewed)
     finish(control)
+
+
+async def _until_running(stack: Stack, ids: list[str], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while set(await stack.statuses(ids)) != {"running"}:
+        assert time.monotonic() < deadline, "tasks did not start"
+        await asyncio.sleep(0.05)
