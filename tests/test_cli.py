@@ -146,7 +146,7 @@ async def test_dead_letters_can_be_listed_replayed_and_purged(cfg: Settings, app
     assert sorted(d["id"] for d in dead) == sorted(ids)
     assert all(d["error"] == "RuntimeError: boom [on purpose]" for d in dead)
     table = await invoke(cfg, "dlq", "list")
-    assert "purpose]" in table.output  # user text is not read as rich markup
+    assert "boom [on" in table.output  # user text is not read as rich markup (may be cut short)
 
     one = await invoke(cfg, "dlq", "replay", ids[0], "--yes")
     assert one.exit_code == 0, one.output
