@@ -1,17 +1,18 @@
 """HTTP accept: the seed's ``POST /process`` beside Spillway's accept routes, under wrk.
 
-    python -m bench.http.run [--runs 3] [--duration 10] [--warmup 2] [--connections 64]
+    python -m bench.http.run [--runs 3] [--duration 10] [--warmup 2] [--connections 64 256]
                              [--workers 2] [--no-write]
 
 Starts a throw-away redis-server (AOF on, fsync every second), the seed-faithful baseline
-(`bench.http.seed_app`, FastAPI + BackgroundTasks + sync redis-py, 202 before the write)
-and Spillway's API (`spillway.api.serve`, what `spillway api` runs), both under granian
-with the same number of worker processes, on free loopback ports. Each run measures every
-target in turn with wrk (one thread, `--connections` connections, a warm-up, then
-`--duration` seconds) on an emptied Redis, then checks what reached Redis: every 202 of
-Spillway's must be a task in its stream; for the seed it counts the 202s whose task is not
-in the stream one second after the load stopped. Every process it started is stopped by
-its PID. Prints a table and writes the "HTTP accept" section of docs/benchmarks.md.
+(`bench.http.seed_app`, FastAPI + BackgroundTasks + sync redis-py, 202 before the write),
+Spillway's API (`spillway.api.serve`, what `spillway api` runs) and the ceiling (the same
+granian server answering 202 with no work, `bench.http.ceiling_app`), all under granian,
+on free loopback ports. Each run measures every target in turn with wrk (one thread, each
+of `--connections`, a warm-up, then `--duration` seconds) on an emptied Redis, then checks
+what reached Redis: every 202 of Spillway's must be a task in its stream; for the seed it
+counts the 202s whose task is not in the stream one second after the load stopped. Every
+process it started is stopped by its PID. Prints a table and writes the "HTTP accept"
+section of docs/benchmarks.md and docs/benchmarks-data/http.json (for `bench.chart`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import redis
 
 from bench import DOC, ROOT, Report, machine, update_section
@@ -52,6 +54,15 @@ _SERVE_SPILLWAY = (
     "import sys; from spillway.api import serve; "
     "serve(sys.argv[1], host='127.0.0.1', port=int(sys.argv[2]), workers=int(sys.argv[3]))"
 )
+# The ceiling runs on the very server `serve` builds: same granian options, same process count.
+_SERVE_CEILING = (
+    "import sys; from spillway.api.serve import server; "
+    "server(sys.argv[1], host='127.0.0.1', port=int(sys.argv[2]), workers=int(sys.argv[3]))"
+    ".serve()"
+)
+RESULTS = ROOT / "docs" / "benchmarks-data" / "http.json"
+SEED, SPILLWAY, CEILING = "seed", "spillway", "ceiling"
+CEILING_APP = "bench.http.ceiling_app:app"
 
 
 def free_port() -> int:
@@ -111,13 +122,14 @@ class Server:
 
 @dataclass(frozen=True)
 class Target:
-    """One thing to load: a server, a path and the body to POST."""
+    """One thing to load: a server, a path and the body to POST; `kind` is seed, spillway or
+    ceiling (what reached Redis is checked for the first two)."""
 
     label: str
     server: Server
     path: str
     body: bytes
-    spillway: bool
+    kind: str
 
 
 @dataclass
@@ -127,10 +139,13 @@ class Figures:
     rps: float
     p50_ms: float
     p99_ms: float
+    max_ms: float
     non2xx: int
     socket_errors: int
     ok: int
     lost: int = 0  # 202s whose task was not in Redis afterwards
+    # CPU microseconds per request (user + system) of the server's processes, Redis and wrk
+    cpu_us: dict[str, float] = field(default_factory=dict)
 
 
 def wrk(url: str, body: bytes, seconds: float, connections: int) -> Figures:
@@ -159,6 +174,7 @@ def wrk(url: str, body: bytes, seconds: float, connections: int) -> Figures:
         rps=raw["requests"] / (raw["duration_us"] / 1e6),
         p50_ms=raw["p50_us"] / 1000,
         p99_ms=raw["p99_us"] / 1000,
+        max_ms=raw["max_us"] / 1000,
         non2xx=raw["non2xx"],
         socket_errors=raw["errors"],
         ok=raw["ok"],
@@ -167,7 +183,7 @@ def wrk(url: str, body: bytes, seconds: float, connections: int) -> Figures:
 
 def written(target: Target, redis_url: str) -> int:
     """Tasks of `target` in Redis now."""
-    if target.spillway:
+    if target.kind == SPILLWAY:
         return asyncio.run(_spillway_backlog(redis_url))
     client = redis.Redis.from_url(redis_url)
     try:
@@ -182,16 +198,42 @@ async def _spillway_backlog(redis_url: str) -> int:
         return await app.broker.backlog(["default"])
 
 
-def measure(target: Target, redis_url: str, args: argparse.Namespace) -> Figures:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its children so far."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for proc in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def measure(
+    target: Target, server: EmbeddedRedis, args: argparse.Namespace, connections: int
+) -> Figures:
+    redis_url = server.url
     flush = redis.Redis.from_url(redis_url)
     try:
         flush.flushall()
     finally:
         flush.close()
     url = target.server.url + target.path
-    warm = wrk(url, target.body, args.warmup, args.connections)
-    figures = wrk(url, target.body, args.duration, args.connections)
-    figures.lost = max(0, warm.ok + figures.ok - written(target, redis_url))
+    warm = wrk(url, target.body, args.warmup, connections)
+    assert target.server.process is not None  # noqa: S101 - started before measuring
+    pids = {"server": target.server.process.pid, "redis": server.pid}
+    before = {k: cpu_seconds(pid) for k, pid in pids.items()}
+    wrk_before = os.times()
+    figures = wrk(url, target.body, args.duration, connections)
+    wrk_after = os.times()
+    requests = max(1.0, figures.rps * args.duration)
+    figures.cpu_us = {k: (cpu_seconds(pid) - before[k]) / requests * 1e6 for k, pid in pids.items()}
+    wrk_cpu = (wrk_after.children_user + wrk_after.children_system) - (
+        wrk_before.children_user + wrk_before.children_system
+    )
+    figures.cpu_us["wrk"] = wrk_cpu / requests * 1e6
+    if target.kind != CEILING:
+        figures.lost = max(0, warm.ok + figures.ok - written(target, redis_url))
     return figures
 
 
@@ -244,6 +286,14 @@ def spillway_server(redis_url: str, workers: int) -> Server:
     )
 
 
+def ceiling_server(workers: int) -> Server:
+    return Server(
+        f"ceiling-{workers}",
+        [sys.executable, "-c", _SERVE_CEILING, CEILING_APP, "{port}", str(workers)],
+        {},
+    )
+
+
 @contextlib.contextmanager
 def started(servers: list[Server], log_dir: Path) -> Iterator[None]:
     try:
@@ -264,102 +314,186 @@ def run(args: argparse.Namespace | None = None) -> Report:
     print(f"server logs: {log_dir}", flush=True)
     seed_body = json.dumps(PAYLOAD).encode()
     task_body = json.dumps({"type": "resize", "payload": PAYLOAD}).encode()
-    results: dict[str, list[Figures]] = {}
+    results: dict[int, dict[str, list[Figures]]] = {}
     w = args.workers
     load_before = os.getloadavg()[0]
     with EmbeddedRedis(appendonly=True) as server:
         seed_1, seed_w = seed_server(server.url, 1), seed_server(server.url, w)
         spill = spillway_server(server.url, w)
+        ceiling = ceiling_server(w)
         targets = [
             Target(
-                "seed design, 1 process (as the seed runs it)",
-                seed_1,
-                "/process",
-                seed_body,
-                spillway=False,
+                "seed design, 1 process (as the seed runs it)", seed_1, "/process", seed_body, SEED
             ),
-            Target(f"seed design, {w} processes", seed_w, "/process", seed_body, spillway=False),
-            Target(
-                f"Spillway `POST /tasks`, {w} processes", spill, "/tasks", task_body, spillway=True
-            ),
+            Target(f"seed design, {w} processes", seed_w, "/process", seed_body, SEED),
+            Target(f"Spillway `POST /tasks`, {w} processes", spill, "/tasks", task_body, SPILLWAY),
             Target(
                 f"Spillway `POST /process` (the seed's route and body), {w} processes",
                 spill,
                 "/process",
                 seed_body,
-                spillway=True,
+                SPILLWAY,
+            ),
+            Target(
+                f"ceiling: the same server answering 202 with no work, {w} processes",
+                ceiling,
+                "/tasks",
+                task_body,
+                CEILING,
             ),
         ]
-        with started([seed_1, seed_w, spill], log_dir):
-            _measure_all(targets, server.url, args, results)
+        with started([seed_1, seed_w, spill, ceiling], log_dir):
+            _measure_all(targets, server, args, results)
         redis_binary = server.binary
     args.load = (load_before, os.getloadavg()[0])
     summary, markdown = _report(results, args, redis_binary)
+    _save(results)
     return Report(TITLE, summary, markdown)
 
 
 def _measure_all(
     targets: list[Target],
-    redis_url: str,
+    server: EmbeddedRedis,
     args: argparse.Namespace,
-    results: dict[str, list[Figures]],
+    results: dict[int, dict[str, list[Figures]]],
 ) -> None:
     """Every target in turn, `args.runs` times, so they share the machine's weather."""
     for i in range(args.runs):
-        for target in targets:
-            figures = measure(target, redis_url, args)
-            results.setdefault(target.label, []).append(figures)
-            print(
-                f"run {i + 1}/{args.runs}  {target.label}: {figures.rps:,.0f} req/s, "
-                f"p50 {figures.p50_ms:.1f} ms, p99 {figures.p99_ms:.1f} ms, "
-                f"non-2xx {figures.non2xx}, 202 not in Redis {figures.lost}",
-                flush=True,
-            )
+        for connections in args.connections:
+            for target in targets:
+                figures = measure(target, server, args, connections)
+                results.setdefault(connections, {}).setdefault(target.label, []).append(figures)
+                _progress(i, args.runs, connections, target.label, figures)
+
+
+def _progress(i: int, runs: int, connections: int, label: str, figures: Figures) -> None:
+    print(
+        f"run {i + 1}/{runs}, {connections} connections, {label}: {figures.rps:,.0f} req/s, "
+        f"p50 {figures.p50_ms:.1f} ms, p99 {figures.p99_ms:.1f} ms, "
+        f"non-2xx {figures.non2xx}, 202 not in Redis {figures.lost}",
+        flush=True,
+    )
+
+
+def _ratio(runs: list[Figures], base: list[Figures]) -> float:
+    """The median of the per-run ratios: targets within one run share the machine's load."""
+    return statistics.median(f.rps / b.rps for f, b in zip(runs, base, strict=True))
+
+
+def _table(by_label: dict[str, list[Figures]], workers: int) -> list[str]:
+    labels = list(by_label)
+    seed_1, seed_w, ceiling = by_label[labels[0]], by_label[labels[1]], by_label[labels[-1]]
+    rows = [
+        f"| target | req/s (each run) | vs seed, 1 process | vs seed, {workers} processes "
+        "| vs ceiling | p50 | p99 | max | CPU us per request: server + Redis + wrk "
+        "| non-2xx | 202s whose task is not in Redis |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for label, runs in by_label.items():
+        rps = statistics.median(f.rps for f in runs)
+        each = " / ".join(f"{f.rps:,.0f}" for f in runs)
+        bad = sum(f.non2xx + f.socket_errors for f in runs)
+        checked = "n/a (writes nothing)" if runs is ceiling else (
+            f"{sum(f.lost for f in runs):,} of {sum(f.ok for f in runs):,}"
+        )  # fmt: skip
+        cpu = {k: statistics.median(f.cpu_us[k] for f in runs) for k in runs[0].cpu_us}
+        rows.append(
+            f"| {label} | **{rps:,.0f}** ({each}) | **{_ratio(runs, seed_1):.1f}x** "
+            f"| {_ratio(runs, seed_w):.1f}x | {_ratio(runs, ceiling):.2f}x "
+            f"| {statistics.median(f.p50_ms for f in runs):.1f} ms "
+            f"| {statistics.median(f.p99_ms for f in runs):.1f} ms "
+            f"| {statistics.median(f.max_ms for f in runs):.0f} ms "
+            f"| {cpu['server']:.0f} + {cpu['redis']:.0f} + {cpu['wrk']:.0f} "
+            f"= {sum(cpu.values()):.0f} | {bad} | {checked} |"
+        )
+    return rows
+
+
+def _verdicts(results: dict[int, dict[str, list[Figures]]]) -> list[str]:
+    """Issue 4's HTTP targets, from the `POST /tasks` row (64 connections where measured)."""
+    connections = 64 if 64 in results else min(results)
+    by_label = results[connections]
+    labels = list(by_label)
+    spill = by_label[labels[2]]
+    vs_seed = _ratio(spill, by_label[labels[0]])
+    vs_ceiling = _ratio(spill, by_label[labels[-1]])
+    p99 = statistics.median(f.p99_ms for f in spill)
+    bad = sum(f.non2xx + f.socket_errors for c in results.values() for f in c[labels[2]])
+    lost = sum(f.lost for c in results.values() for f in c[labels[2]])
+
+    def met(ok: bool) -> str:
+        return "**met**" if ok else "**missed**"
+
+    cpu = {
+        label: sum(statistics.median(f.cpu_us[k] for f in runs) for k in runs[0].cpu_us)
+        for label, runs in by_label.items()
+    }
+    seed_server = statistics.median(f.cpu_us["server"] for f in by_label[labels[0]])
+    ceiling_cpu, spill_cpu = cpu[labels[-1]], cpu[labels[2]]
+    bound = (2e6 / spill_cpu) / (1e6 / seed_server)
+    return [
+        "| target (Spillway `POST /tasks`) | measured | |",
+        "| --- | --- | --- |",
+        f"| >= 10x the seed-faithful baseline | {vs_seed:.1f}x | {met(vs_seed >= 10)} |",
+        f"| >= 0.7x the same server's no-work ceiling | {vs_ceiling:.2f}x "
+        f"| {met(vs_ceiling >= 0.7)} |",
+        f"| p99 <= 25 ms at {connections} connections | {p99:.1f} ms | {met(p99 <= 25)} |",
+        f"| 0 non-2xx (every connection count) | {bad} | {met(bad == 0)} |",
+        f"| every 202 durable | {lost} missing | {met(lost == 0)} |",
+        "",
+        "What CPU time alone allows, from the CPU column: with the 2 CPUs to itself, a "
+        "server can answer at most 2,000,000 / (its CPU us per request, Redis and wrk "
+        "included) requests/s, and a one-process server at most 1,000,000 / (its own). "
+        f"The seed design, one process, costs {seed_server:.0f} us of server CPU per request; "
+        f"Spillway {spill_cpu:.0f} us in all, so on CPU alone it can reach about "
+        f"**{bound:.1f}x** the seed. For >= 0.7x the ceiling ({ceiling_cpu:.0f} us per "
+        f"request) Spillway could spend at most {ceiling_cpu / 0.7:.0f} us: "
+        f"{ceiling_cpu / 0.7 - ceiling_cpu:.0f} us to parse, validate, write durably (Redis's "
+        "own CPU included) and read the reply, where it spends "
+        f"{spill_cpu - ceiling_cpu:.0f} us.",
+    ]
 
 
 def _report(
-    results: dict[str, list[Figures]], args: argparse.Namespace, redis_binary: str | None
+    results: dict[int, dict[str, list[Figures]]],
+    args: argparse.Namespace,
+    redis_binary: str | None,
 ) -> tuple[str, str]:
-    labels = list(results)
-    seed_1, seed_w = results[labels[0]], results[labels[1]]
-    rows = []
     lines = []
-    for label, runs in results.items():
-        # Ratios are taken within each run (the targets share its machine load), then the median.
-        x1 = statistics.median(f.rps / s.rps for f, s in zip(runs, seed_1, strict=True))
-        xw = statistics.median(f.rps / s.rps for f, s in zip(runs, seed_w, strict=True))
-        rps = statistics.median(f.rps for f in runs)
-        p50 = statistics.median(f.p50_ms for f in runs)
-        p99 = statistics.median(f.p99_ms for f in runs)
-        bad = sum(f.non2xx + f.socket_errors for f in runs)
-        lost = sum(f.lost for f in runs)
-        answered = sum(f.ok for f in runs)
-        each = " / ".join(f"{f.rps:,.0f}" for f in runs)
-        rows.append(
-            f"| {label} | **{rps:,.0f}** ({each}) | **{x1:.1f}x** | {xw:.1f}x | {p50:.1f} ms "
-            f"| {p99:.1f} ms | {bad} | {lost:,} of {answered:,} |"
-        )
-        lines.append(
-            f"{label}: {rps:,.0f} req/s ({x1:.1f}x / {xw:.1f}x), p50 {p50:.1f} ms, "
-            f"p99 {p99:.1f} ms, non-2xx {bad}, 202 not in Redis {lost}"
-        )
+    for connections, by_label in results.items():
+        seed_1 = next(iter(by_label.values()))
+        for label, runs in by_label.items():
+            lines.append(
+                f"{connections} connections, {label}: "
+                f"{statistics.median(f.rps for f in runs):,.0f} req/s "
+                f"({_ratio(runs, seed_1):.1f}x the seed), "
+                f"p99 {statistics.median(f.p99_ms for f in runs):.1f} ms, "
+                f"non-2xx {sum(f.non2xx + f.socket_errors for f in runs)}, "
+                f"202 not in Redis {sum(f.lost for f in runs)}"
+            )
+    conns = " ".join(str(c) for c in args.connections)
     command = (
         f"python -m bench.http.run --runs {args.runs} --duration {args.duration:g} "
-        f"--warmup {args.warmup:g} --connections {args.connections} --workers {args.workers}"
+        f"--warmup {args.warmup:g} --connections {conns} --workers {args.workers}"
     )
+    tables: list[str] = []
+    for connections, by_label in results.items():
+        tables += [f"### {connections} connections", "", *_table(by_label, args.workers), ""]
     markdown = "\n".join(
         [
             "Accepting one small task over HTTP (a ~90-byte JSON payload), under load from wrk "
-            f"(one thread, {args.connections} connections, a {args.warmup:g} s warm-up then "
-            f"{args.duration:g} s), on the same machine as the servers and Redis. Figures are "
-            f"medians of {args.runs} runs; the targets take turns within each run, each on an "
-            "emptied Redis, and the ratios are taken within each run before their median, so "
-            "they hold even when the machine is busy (the absolute figures do not).",
+            f"(one thread, a {args.warmup:g} s warm-up then {args.duration:g} s), on the same "
+            f"machine as the servers and Redis. Figures are medians of {args.runs} runs; the "
+            "targets take turns within each run, each on an emptied Redis, and the ratios are "
+            "taken within each run before their median, so they hold even when the machine is "
+            "busy (the absolute figures do not).",
             "",
-            f"| target | req/s (each run) | vs seed, 1 process | vs seed, {args.workers} processes "
-            "| p50 | p99 | non-2xx | 202s whose task is not in Redis |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-            *rows,
+            "![HTTP accept: req/s per target](benchmarks.png)",
+            "",
+            *tables,
+            "### Against issue 4's targets",
+            "",
+            *_verdicts(results),
             "",
             f"- Command: `{command}` (needs `wrk`: `apt-get install -y wrk`).",
             "- Servers: granian (HTTP/1.1, uvloop) for every target; the seed design once as it "
@@ -369,14 +503,39 @@ def _report(
             "`BackgroundTasks`, a module-level sync redis-py client, `XADD MAXLEN ~ 100000` after "
             "the 202); Spillway is `spillway.api.serve` (what `spillway api` runs) serving "
             "`bench/http/spillway_app.py`, writing each task durably (record + stream entry, "
-            "idempotency and backlog checks, one Lua script) before its 202.",
+            "idempotency and backlog checks, one Lua script) before its 202. The ceiling is "
+            "`bench/http/ceiling_app.py` on `spillway.api.serve.server`, the very granian "
+            "server `serve` runs: it reads the body and sends the same 202, doing nothing else.",
             "- The last column counts 202 answers whose task Redis did not hold afterwards "
             "(for the seed, one second after the load stopped).",
+            "- CPU per request: user + system seconds of the server's processes, of "
+            "redis-server and of wrk over the measured seconds, divided by the requests answered "
+            "(medians). On a machine of their own, 2 CPUs could serve at most about "
+            "2,000,000 / (that sum) requests per second.",
             "- Redis: the embedded throw-away server on loopback, AOF on (`appendfsync everysec`).",
+            f"- The machine is shared ({os.cpu_count()} CPUs for wrk, the servers, Redis and "
+            f"other work): load average (1 min) {args.load[0]:.1f} when the runs started, "
+            f"{args.load[1]:.1f} when they ended.",
             f"- Measured: {machine(redis_binary)}.",
         ]
     )
     return "\n".join(lines), markdown
+
+
+def _save(results: dict[int, dict[str, list[Figures]]]) -> None:
+    """Medians per connection count and target, for `bench.chart`."""
+    data = {
+        str(connections): {
+            label: {
+                "rps": statistics.median(f.rps for f in runs),
+                "p99_ms": statistics.median(f.p99_ms for f in runs),
+            }
+            for label, runs in by_label.items()
+        }
+        for connections, by_label in results.items()
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -388,7 +547,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--duration", type=int, default=10, help="seconds measured per run")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up per run")
-    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--connections", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--workers", type=int, default=2, help="server processes per target")
     parser.add_argument("--no-write", action="store_true", help=f"do not update {DOC.name}")
     return parser

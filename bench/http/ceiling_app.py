@@ -1,0 +1,42 @@
+"""The ceiling of the HTTP accept benchmark: the server Spillway runs, answering 202 with no work.
+
+A bare ASGI application served by `spillway.api.serve.server` (the same granian options and
+process count as Spillway's API): it reads the request body and sends the same 202 answer
+Spillway sends (same headers, same size), without parsing, validating or writing anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+Message = MutableMapping[str, Any]
+
+_ID = "0" * 32
+_BODY = b'{"task_id":"' + _ID.encode() + b'","status":"queued"}'
+_ACCEPTED = [
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(_BODY)).encode()),
+    (b"location", f"/tasks/{_ID}".encode()),
+]
+
+
+async def app(
+    scope: Message,
+    receive: Callable[[], Awaitable[Message]],
+    send: Callable[[Message], Awaitable[None]],
+) -> None:
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    if scope["method"] != "POST":  # the benchmark's readiness probe: GET /openapi.json
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+        return
+    message = await receive()
+    while message.get("more_body", False):
+        message = await receive()
+    await send({"type": "http.response.start", "status": 202, "headers": _ACCEPTED})
+    await send({"type": "http.response.body", "body": _BODY})
