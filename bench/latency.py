@@ -1,0 +1,339 @@
+"""End to end latency at a fixed offered load: POST /tasks at 1,000 and 5,000 tasks/s.
+
+    python -m bench.latency [--rates 1000 5000] [--seconds 10] [--runs 3] [--no-write]
+
+Starts a throw-away redis-server (AOF on, fsync every second), Spillway's API
+(`spillway.api.serve`, 2 processes) and ONE worker process (`spillway worker`, concurrency
+100), all serving `bench/http/spillway_app.py`. An open-loop generator (`bench.http.openloop`)
+offers each rate for `--seconds`; each task's latency runs from when its request was *due* to
+the `finished_at` the worker's finish script stored (both read from this machine's clock;
+Redis stores milliseconds, so each figure is within 1 ms). Every answered task must have
+succeeded. Every process it started is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import redis
+
+from bench import DOC, ROOT, Report, machine, update_section
+from bench.http.openloop import Answer, offer
+from bench.http.run import PAYLOAD, PREFIX, Server, spillway_server
+from spillway.broker.keys import Keys
+from spillway.embedded import EmbeddedRedis
+
+__all__ = ["TITLE", "Stack", "measure_rate", "run", "stack"]
+
+TITLE = "End to end latency"
+APP = "bench.http.spillway_app:app"
+API_PROCESSES = 2
+WORKER_CONCURRENCY = 100
+BODY = json.dumps({"type": "resize", "payload": PAYLOAD}).encode()
+RESULTS = ROOT / "docs" / "benchmarks-data"
+
+
+@dataclass
+class Stack:
+    """Redis, the API and one worker, started by `stack()`."""
+
+    redis: EmbeddedRedis
+    api: Server
+    worker: subprocess.Popen[bytes]
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds (user + system) used so far by the API, the worker and Redis."""
+        if self.api.process is None:
+            raise RuntimeError("the API is not running")
+        return {
+            "api": _tree_cpu(self.api.process.pid),
+            "worker": _tree_cpu(self.worker.pid),
+            "redis": _tree_cpu(self.redis.pid),
+        }
+
+
+def _tree_cpu(pid: int) -> float:
+    total = 0.0
+    root = psutil.Process(pid)
+    for proc in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def _env(redis_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPILLWAY_")}
+    return env | {
+        "PYTHONPATH": str(ROOT),
+        "SPILLWAY_REDIS_URL": redis_url,
+        "SPILLWAY_PREFIX": PREFIX,
+        "SPILLWAY_DEFAULT_TASK_TYPE": "resize",
+    }
+
+
+def worker_command() -> list[str]:
+    return [
+        sys.executable, "-m", "spillway", "worker", APP,
+        "--concurrency", str(WORKER_CONCURRENCY), "--log-level", "warning",
+    ]  # fmt: skip
+
+
+@contextlib.contextmanager
+def stack(log_dir: Path) -> Iterator[Stack]:
+    """Start Redis, the API and the worker; stop them all by PID on the way out."""
+    with EmbeddedRedis(appendonly=True) as server:
+        api = spillway_server(server.url, API_PROCESSES)
+        log = (log_dir / "worker.log").open("wb")
+        worker = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+            worker_command(),
+            env=_env(server.url),
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        try:
+            api.start(log_dir)
+            yield Stack(server, api, worker)
+        finally:
+            api.stop()
+            worker.terminate()
+            try:
+                worker.wait(15)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+
+
+@dataclass
+class RateRun:
+    """One rate offered once."""
+
+    rate: float
+    seconds: float
+    answered: int
+    bad: int  # non-2xx answers and socket errors
+    accept_ms: list[float]  # due -> 202, per task
+    done_ms: list[float]  # due -> finished_at, per task
+    queue_ms: list[float]  # created_at -> finished_at (Redis clock), per task
+    cpu: dict[str, float]  # CPU seconds over the run, until every task was done
+    generator_cpu: float
+
+
+def measure_rate(s: Stack, rate: float, seconds: float, timeout: float = 120.0) -> RateRun:
+    """Offer `rate` tasks/s for `seconds`, wait until all are done, read their records."""
+    client = redis.Redis.from_url(s.redis.url)
+    try:
+        before = s.cpu_seconds()
+        gen_before = time.process_time()
+        answers, errors = _offer(s.api.port, rate, seconds)
+        gen_cpu = time.process_time() - gen_before
+        ids = [a.task_id for a in answers if a.task_id]
+        records = _wait_finished(client, ids, timeout)
+        after = s.cpu_seconds()
+    finally:
+        client.close()
+    done, queue, accept = [], [], []
+    by_id = {a.task_id: a for a in answers if a.task_id}
+    for task_id, (status, created, finished) in records.items():
+        if status != b"succeeded":
+            raise RuntimeError(f"task {task_id} ended {status!r}, not succeeded")
+        answer = by_id[task_id]
+        done.append(int(finished) - answer.due * 1000)
+        queue.append(float(int(finished) - int(created)))
+        accept.append(answer.seconds * 1000)
+    bad = errors + sum(1 for a in answers if not 200 <= a.status < 300)
+    return RateRun(
+        rate, seconds, len(ids), bad, accept, done, queue,
+        {k: after[k] - before[k] for k in after}, gen_cpu,
+    )  # fmt: skip
+
+
+def _offer(port: int, rate: float, seconds: float) -> tuple[list[Answer], int]:
+    coro = offer("127.0.0.1", port, "/tasks", BODY, rate=rate, seconds=seconds)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def _wait_finished(
+    client: redis.Redis, ids: list[str], timeout: float
+) -> dict[str, tuple[bytes, bytes, bytes]]:
+    """(status, created_at, finished_at) of every task, once all have finished."""
+    keys = Keys(PREFIX)
+    deadline = time.monotonic() + timeout
+    pending = list(ids)
+    found: dict[str, tuple[bytes, bytes, bytes]] = {}
+    while pending:
+        pipe = client.pipeline(transaction=False)
+        for task_id in pending:
+            pipe.hmget(keys.for_task(task_id).task(task_id), "status", "created_at", "finished_at")
+        still = []
+        for task_id, (status, created, finished) in zip(pending, pipe.execute(), strict=True):
+            if finished:
+                found[task_id] = (status, created, finished)
+            else:
+                still.append(task_id)
+        pending = still
+        if pending:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{len(pending)} tasks not finished after {timeout:g} s")
+            time.sleep(0.2)
+    return found
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100), nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
+def run(args: argparse.Namespace | None = None) -> Report:
+    """Measure (with the default options unless given); the section for docs/benchmarks.md."""
+    args = args or parser().parse_args([])
+    log_dir = Path(tempfile.mkdtemp(prefix="spillway-bench-latency-"))
+    print(f"server logs: {log_dir}", flush=True)
+    results: dict[float, list[RateRun]] = {}
+    load_before = os.getloadavg()[0]
+    with stack(log_dir) as s:
+        measure_rate(s, min(args.rates), 2)  # warm-up: connections, imports, scripts
+        for i in range(args.runs):
+            for rate in args.rates:
+                r = measure_rate(s, rate, args.seconds)
+                results.setdefault(rate, []).append(r)
+                print(
+                    f"run {i + 1}/{args.runs} {rate:,.0f}/s: accept p99 "
+                    f"{pct(r.accept_ms, 99):.1f} ms, done p50 {pct(r.done_ms, 50):.1f} ms "
+                    f"p99 {pct(r.done_ms, 99):.1f} ms, {r.answered:,} tasks, bad {r.bad}",
+                    flush=True,
+                )
+        binary = s.redis.binary
+    args.load = (load_before, os.getloadavg()[0])
+    _save(results)
+    return _report(results, args, binary)
+
+
+def _save(results: dict[float, list[RateRun]]) -> None:
+    """The medians, for bench.chart."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    data = {
+        str(int(rate)): {
+            "done_p50_ms": statistics.median(pct(r.done_ms, 50) for r in runs),
+            "done_p99_ms": statistics.median(pct(r.done_ms, 99) for r in runs),
+            "accept_p99_ms": statistics.median(pct(r.accept_ms, 99) for r in runs),
+        }
+        for rate, runs in results.items()
+    }
+    (RESULTS / "latency.json").write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _spread(values: list[float], fmt: str = "{:.1f}") -> str:
+    med = statistics.median(values)
+    return f"**{fmt.format(med)}** ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
+def _report(
+    results: dict[float, list[RateRun]], args: argparse.Namespace, binary: str | None
+) -> Report:
+    rows, lines = [], []
+    for rate, runs in results.items():
+        achieved = [r.answered / r.seconds for r in runs]
+        accept99 = [pct(r.accept_ms, 99) for r in runs]
+        done50 = [pct(r.done_ms, 50) for r in runs]
+        done99 = [pct(r.done_ms, 99) for r in runs]
+        done_max = [max(r.done_ms) for r in runs]
+        queue99 = [pct(r.queue_ms, 99) for r in runs]
+        bad = sum(r.bad for r in runs)
+        tasks = sum(r.answered for r in runs)
+        rows.append(
+            f"| {rate:,.0f} | {statistics.median(achieved):,.0f} | {_spread(accept99)} ms "
+            f"| {_spread(done50)} ms | {_spread(done99)} ms | {statistics.median(done_max):.0f} ms "
+            f"| {_spread(queue99)} ms | {bad} | {tasks:,} |"
+        )
+        lines.append(
+            f"{rate:,.0f} tasks/s: accept-to-done p50 {statistics.median(done50):.1f} ms, "
+            f"p99 {statistics.median(done99):.1f} ms (accept p99 "
+            f"{statistics.median(accept99):.1f} ms), bad {bad}"
+        )
+    target = min(results, key=lambda r: abs(r - 1000))
+    p99 = statistics.median(pct(r.done_ms, 99) for r in results[target])
+    verdict = "met" if p99 <= 25 else "missed"
+    rates = " ".join(f"{r:g}" for r in args.rates)
+    command = (
+        f"python -m bench.latency --rates {rates} --seconds {args.seconds:g} --runs {args.runs}"
+    )
+    markdown = "\n".join(
+        [
+            "Tasks offered over HTTP at a fixed rate by an open-loop generator "
+            "(`bench/http/openloop.py`: request k is due at k / rate, on one of 64 keep-alive "
+            "connections, and its latency runs from when it was due, so queueing in front of a "
+            "slow server counts), accepted by Spillway's API (2 processes) and run by ONE "
+            f"worker process (`--concurrency {WORKER_CONCURRENCY}`); the task is "
+            "`bench/http/spillway_app.py`'s `resize` (validates its payload, returns a dict). "
+            "**Accept-to-done** runs from the request's due time to the `finished_at` the "
+            "worker's finish script stored (result written); Redis stores milliseconds, so "
+            f"each figure is within 1 ms. Medians of {args.runs} runs, min-max in brackets.",
+            "",
+            "| offered tasks/s | answered tasks/s | HTTP 202 p99 | accept-to-done p50 "
+            "| accept-to-done p99 | max | inside Spillway p99 (record created to finished) "
+            "| non-2xx + errors | tasks |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            *rows,
+            "",
+            f"Target: accept-to-done p99 <= 25 ms at 1,000 tasks/s: **{verdict}** ({p99:.1f} ms).",
+            "",
+            f"- Command: `{command}` (`make bench` runs it as `python -m bench.run latency`).",
+            f"- The worker: `{' '.join(['python', *worker_command()[1:]])}`; the API: "
+            "`spillway.api.serve` (granian, HTTP/1.1, uvloop), 2 processes.",
+            "- The generator, the API, the worker and Redis share the machine's "
+            f"{os.cpu_count()} CPUs with other work: load average (1 min) "
+            f"{args.load[0]:.1f} when the runs started, {args.load[1]:.1f} when they ended.",
+            "- Redis: the embedded throw-away server on loopback, AOF on (`appendfsync everysec`).",
+            f"- Measured: {machine(binary)}.",
+        ]
+    )
+    return Report(TITLE, "\n".join(lines), markdown)
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.latency",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--rates", type=float, nargs="+", default=[1000.0, 5000.0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="seconds offered per rate")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--no-write", action="store_true", help=f"do not update {DOC.name}")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    report = run(args)
+    print(report.summary)
+    if not args.no_write:
+        update_section(report.title, report.markdown)
+        print(f"updated the {TITLE!r} section of {DOC}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
