@@ -11,12 +11,16 @@ import importlib
 import sys
 
 from bench import DOC, Report, update_section
+from bench.chart import write_chart
 
 # Name -> module with a `run() -> Report`. Add new benchmarks here.
 BENCHMARKS = {
     "drain": "bench.drain",
     "peers": "bench.peers.cli",  # the Python peers side by side; ~17 min (3 rounds)
-    "http": "bench.http.run",  # the HTTP accept path beside the seed design; ~3 min
+    "http": "bench.http.run",  # the HTTP accept path beside the seed design; ~8 min
+    "latency": "bench.latency",  # accept-to-done at 1,000 and 5,000 tasks/s; ~2 min
+    "cost": "bench.cost",  # Redis bytes per task, CPU seconds per 10,000 tasks; ~1 min
+    "flame": "bench.flame",  # py-spy flame graphs of the accept path and the worker loop
     "scaling": "bench.scaling",  # 1, 2, 3 shards on a local Redis Cluster; ~1 min
 }
 
@@ -39,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_write:
             update_section(report.title, report.markdown)
             print(f"updated the {report.title!r} section of {DOC}", flush=True)
+    if not args.no_write:
+        chart = write_chart()  # from what the http, latency and cost benchmarks saved
+        if chart is not None:
+            print(f"redrew {chart}", flush=True)
     return 0
 
 
