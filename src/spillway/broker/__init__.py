@@ -1,15 +1,15 @@
 """Everything Redis-side: key names, Lua scripts and the `Broker` that calls them."""
 
-from spillway.broker.broker import (
+from spillway.broker.broker import Broker
+from spillway.broker.keys import GROUP, Keys, ShardKeys, new_task_id, shard_of
+from spillway.broker.types import (
     AcceptReply,
     AcceptRequest,
-    Broker,
     Delivery,
     Outcome,
     Started,
     unavailable,
 )
-from spillway.broker.keys import GROUP, Keys, ShardKeys, new_task_id, shard_of
 
 __all__ = [
     "GROUP",

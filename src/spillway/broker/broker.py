@@ -9,140 +9,41 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import (
-    ClusterDownError,
-    NoScriptError,
-    OutOfMemoryError,
-    ReadOnlyError,
-    RedisError,
-    ResponseError,
-    TryAgainError,
-)
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import NoScriptError, OutOfMemoryError, RedisError, ResponseError
 
+from spillway.broker.admin import Admin
 from spillway.broker.connection import AnyRedis, make_client, pubsub_client
-from spillway.broker.keys import GROUP, Keys, ShardKeys, shard_of
+from spillway.broker.keys import GROUP, Keys, shard_of
 from spillway.broker.scripts import Scripts
+from spillway.broker.types import (
+    AcceptReply,
+    AcceptRequest,
+    Delivery,
+    Outcome,
+    Started,
+    as_float,
+    as_int,
+    ms,
+    per_node,
+    stream_items,
+    unavailable,
+)
 from spillway.broker.waiters import Waiters
 from spillway.broker.wire import Batch, refresh_slots
 from spillway.errors import BrokerUnavailable, ConfigurationError, EvictionPolicyError
-from spillway.records import DeadTask, QueueStats, WorkerInfo, from_ms
 from spillway.settings import Settings
 
 log = logging.getLogger("spillway.broker")
 
-__all__ = [
-    "AcceptReply",
-    "AcceptRequest",
-    "Broker",
-    "Delivery",
-    "Outcome",
-    "Started",
-]
-
-# Errors that mean "Redis cannot take this now", as opposed to a bug in a command. redis-py
-# strips the code from the replies it has a class for (OOM, READONLY, ...), so those are
-# recognised by class, the others by their code.
-_UNAVAILABLE_ERRORS = (OutOfMemoryError, ReadOnlyError, ClusterDownError, TryAgainError)
-_UNAVAILABLE_REPLIES = (
-    "OOM",
-    "LOADING",
-    "READONLY",
-    "MASTERDOWN",
-    "CLUSTERDOWN",
-    "BUSY",
-    "TRYAGAIN",
-)
+__all__ = ["Broker"]
 
 
-def unavailable(exc: BaseException) -> BrokerUnavailable | None:
-    """The `BrokerUnavailable` an exception from redis-py means, or None if it is a bug."""
-    if isinstance(exc, RedisConnectionError | RedisTimeoutError | TimeoutError | OSError):
-        return BrokerUnavailable(f"Redis is unreachable: {exc or type(exc).__name__}")
-    if isinstance(exc, _UNAVAILABLE_ERRORS) or (
-        isinstance(exc, ResponseError) and str(exc).startswith(_UNAVAILABLE_REPLIES)
-    ):
-        return BrokerUnavailable(f"Redis refused the command: {exc}")
-    return None
-
-
-@dataclass(frozen=True, slots=True)
-class AcceptRequest:
-    """One validated task to write: the record plus its stream entry (or due-set member)."""
-
-    task_id: str
-    type: str
-    queue: str
-    payload: str  # JSON
-    max_retries: int
-    timeout: float
-    retry_base: float
-    retry_cap: float
-    delay_ms: int = 0
-    idempotency_key: str | None = None  # already scoped by the caller
-    fingerprint: str = ""
-    deadline_ms: int = 0  # on the Redis clock; the accept script refuses to write after it
-
-
-@dataclass(frozen=True, slots=True)
-class AcceptReply:
-    """`status` is ok, duplicate, conflict or full; `task_id` is the (existing) task's id."""
-
-    status: str
-    task_id: str
-    backlog: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """A stream entry handed to this consumer."""
-
-    queue: str
-    shard: int
-    entry_id: str
-    task_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Started:
-    """A delivery that `begin` turned into a run: everything the worker needs to run it."""
-
-    delivery: Delivery
-    type: str
-    payload: str
-    attempts: int
-    max_retries: int
-    timeout: float
-    retry_base: float | None
-    retry_cap: float | None
-    created_at_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How a run ended: `kind` is succeeded, retry or dead."""
-
-    delivery: Delivery
-    type: str
-    kind: str
-    value: str  # result JSON, or the error text
-    traceback: str = ""
-    retry_delay_ms: int = 0
-    attempts: int = 0
-
-
-def _ms(seconds: float) -> int:
-    return max(1, int(seconds * 1000))
-
-
-class Broker:
+class Broker(Admin):
     """Owns the Redis clients, key names and scripts; the API, workers and CLI call only this."""
 
     def __init__(self, settings: Settings) -> None:
@@ -154,8 +55,8 @@ class Broker:
         self.settings = settings
         self.keys = Keys(settings.prefix, settings.shards)
         self.scripts = Scripts()
-        self.result_ttl_ms = _ms(settings.result_ttl)
-        self._idempotency_ttl_ms = _ms(settings.idempotency_ttl)
+        self.result_ttl_ms = ms(settings.result_ttl)
+        self._idempotency_ttl_ms = ms(settings.idempotency_ttl)
         self.client: AnyRedis = make_client(
             settings.redis_url,
             socket_timeout=settings.redis_timeout,
@@ -240,7 +141,7 @@ class Broker:
             for client in (self.client, self.blocking):
                 await self._run(client.initialize)
         versions = []
-        for info in _per_node(await self._run(lambda: self.client.info("server"))):
+        for info in per_node(await self._run(lambda: self.client.info("server"))):
             version = str(info.get("redis_version", "0"))
             versions.append(tuple(int(p) for p in version.split(".")[:2]))
             if versions[-1] < (6, 2):
@@ -248,7 +149,7 @@ class Broker:
         self.scripts.use_flags(min(versions) >= (7, 0))
         await self._measure_clock()
         if self.settings.check_eviction_policy:
-            for info in _per_node(await self._run(lambda: self.client.info("memory"))):
+            for info in per_node(await self._run(lambda: self.client.info("memory"))):
                 policy = str(info.get("maxmemory_policy", "noeviction"))
                 if policy != "noeviction":
                     raise EvictionPolicyError(policy)
@@ -478,7 +379,7 @@ class Broker:
                 return []
             raise
         out: list[Delivery] = []
-        for stream, entries in _stream_items(reply):
+        for stream, entries in stream_items(reply):
             queue, shard = streams[stream]
             for entry_id, fields in entries:
                 if fields and "id" in fields:
@@ -558,9 +459,9 @@ class Broker:
                         attempts=int(item[3]),
                         max_retries=int(item[4]),
                         timeout=float(item[5]),
-                        retry_base=_float(item[6]),
-                        retry_cap=_float(item[7]),
-                        created_at_ms=_int(item[8]),
+                        retry_base=as_float(item[6]),
+                        retry_cap=as_float(item[7]),
+                        created_at_ms=as_int(item[8]),
                     )
         return out
 
@@ -586,7 +487,7 @@ class Broker:
 
     async def release(self, consumer: str, deliveries: Sequence[Delivery]) -> int:
         """Make deliveries this consumer will not finish reclaimable at once (shutdown)."""
-        idle = _ms(self.settings.visibility_timeout) + 1000
+        idle = ms(self.settings.visibility_timeout) + 1000
         return await self._per_stream("release", consumer, deliveries, [idle])
 
     async def _per_stream(
@@ -625,32 +526,6 @@ class Broker:
 
         return sum(int(n) for n in await self._pipeline(promote))
 
-    async def prune_consumers(self, queues: Sequence[str], idle_ms: int) -> int:
-        """Forget consumers that hold no deliveries and were not seen for `idle_ms`.
-
-        Only consumers with nothing pending are removed: deleting one with pending entries
-        would make those entries unclaimable (XGROUP DELCONSUMER drops them).
-        """
-        pruned = 0
-        for stream in self.streams(queues):
-
-            async def forget(stream: str = stream) -> int:
-                try:
-                    consumers = await self.client.xinfo_consumers(stream, GROUP)
-                except ResponseError:
-                    return 0  # no such stream or group yet
-                stale = [
-                    c["name"]
-                    for c in consumers
-                    if int(c["pending"]) == 0 and int(c["idle"]) > idle_ms
-                ]
-                for name in stale:
-                    await self.client.xgroup_delconsumer(stream, GROUP, name)
-                return len(stale)
-
-            pruned += int(await self._run(forget))
-        return pruned
-
     async def backlog(self, queues: Sequence[str]) -> int:
         """Entries in the streams plus tasks in the due sets: zero means fully drained."""
         pairs = [(s, q) for s in self.keys.all_shards() for q in queues]
@@ -664,191 +539,3 @@ class Broker:
 
         result: int = await self._run(run)
         return result
-
-    # --- workers -----------------------------------------------------------------------------
-
-    async def heartbeat(self, info: WorkerInfo) -> None:
-        ttl = _ms(self.settings.heartbeat_interval * 3)
-        now = int(time.time() * 1000)
-        key = self.keys.worker(info.name)
-
-        async def run() -> None:
-            async with self.client.pipeline(transaction=False) as pipe:
-                pipe.hset(key, mapping={
-                    "name": info.name, "host": info.host, "pid": info.pid,
-                    "queues": ",".join(info.queues), "concurrency": info.concurrency,
-                    "in_flight": info.in_flight, "processed": info.processed,
-                    "started_at": int(info.started_at.timestamp() * 1000)
-                    if info.started_at else 0,
-                    "last_seen": now,
-                })  # fmt: skip
-                pipe.pexpire(key, ttl)
-                pipe.zadd(self.keys.workers, {info.name: now})
-                pipe.zremrangebyscore(self.keys.workers, "-inf", now - ttl)
-                await pipe.execute()
-
-        await self._run(run)
-
-    async def deregister(self, name: str) -> None:
-        async def run() -> None:
-            async with self.client.pipeline(transaction=False) as pipe:
-                pipe.zrem(self.keys.workers, name)
-                pipe.delete(self.keys.worker(name))
-                await pipe.execute()
-
-        await self._run(run)
-
-    async def workers(self) -> list[WorkerInfo]:
-        ttl = _ms(self.settings.heartbeat_interval * 3)
-        now = int(time.time() * 1000)
-
-        async def run() -> list[WorkerInfo]:
-            names = await self.client.zrangebyscore(self.keys.workers, now - ttl, "+inf")
-            async with self.client.pipeline(transaction=False) as pipe:
-                for n in names:
-                    pipe.hgetall(self.keys.worker(str(n)))
-                hashes = await pipe.execute()
-            return [
-                WorkerInfo(
-                    name=h["name"],
-                    host=h["host"],
-                    pid=int(h["pid"]),
-                    queues=[q for q in h["queues"].split(",") if q],
-                    concurrency=int(h["concurrency"]),
-                    in_flight=int(h["in_flight"]),
-                    processed=int(h["processed"]),
-                    started_at=from_ms(h["started_at"]),
-                    last_seen=from_ms(h["last_seen"]),
-                )
-                for h in hashes
-                if h
-            ]
-
-        result: list[WorkerInfo] = await self._run(run)
-        return result
-
-    # --- dead letters and figures ------------------------------------------------------------
-
-    async def known_queues(self) -> list[str]:
-        members: set[str] = await self._run(lambda: self.client.smembers(self.keys.queues))
-        return sorted(members)
-
-    async def dlq_list(self, queues: Sequence[str], limit: int = 100) -> list[DeadTask]:
-        """The newest dead letters of these queues, newest first."""
-        pairs = [(s, q) for s in self.keys.all_shards() for q in queues]
-
-        async def run() -> list[Any]:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for s, q in pairs:
-                    pipe.xrevrange(s.dead(q), count=limit)
-                return list(await pipe.execute())
-
-        found = [
-            DeadTask.from_entry(eid, f) for entries in await self._run(run) for eid, f in entries
-        ]
-        found.sort(key=lambda d: d.dead_letter_id, reverse=True)
-        return found[:limit]
-
-    async def dlq_replay(self, dead: DeadTask) -> bool:
-        """Queue a dead-lettered task again under its own id. False if it was already replayed."""
-        shard = self.keys.for_task(dead.id)
-        keys = [shard.dead(dead.queue), shard.task(dead.id), shard.stream(dead.queue)]
-        reply = await self._run(
-            lambda: self.scripts.call(self.client, "replay", keys, [dead.dead_letter_id])
-        )
-        return reply is not None
-
-    async def dlq_purge(self, queues: Sequence[str]) -> int:
-        """Delete every dead letter of these queues; returns how many were deleted."""
-        pairs = [(s, q) for s in self.keys.all_shards() for q in queues]
-
-        async def run() -> int:
-            async with self.client.pipeline(transaction=True) as pipe:
-                for s, q in pairs:
-                    pipe.xlen(s.dead(q))
-                    pipe.delete(s.dead(q))
-                replies = await pipe.execute()
-            return sum(int(n) for n in replies[0::2])
-
-        result: int = await self._run(run)
-        return result
-
-    async def queue_stats(self, queues: Sequence[str]) -> list[QueueStats]:
-        shards = self.keys.all_shards()
-
-        async def run() -> list[Any]:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for q in queues:
-                    for s in shards:
-                        pipe.xlen(s.stream(q))
-                        pipe.xpending(s.stream(q), GROUP)
-                        pipe.zcard(s.due(q))
-                        pipe.xlen(s.dead(q))
-                return list(await pipe.execute(raise_on_error=False))
-
-        replies = await self._run(run)
-        out = []
-        for i, q in enumerate(queues):
-            backlog = pending = delayed = dead = 0
-            for j in range(len(shards)):
-                xlen, xpending, zcard, dlen = replies[(i * len(shards) + j) * 4 :][:4]
-                backlog += _int(xlen)
-                pending += int(xpending["pending"]) if isinstance(xpending, dict) else 0
-                delayed += _int(zcard)
-                dead += _int(dlen)
-            out.append(QueueStats(queue=q, backlog=backlog, pending=pending, delayed=delayed,
-                                  dead=dead))  # fmt: skip
-        return out
-
-    async def counters(self) -> dict[str, dict[str, int]]:
-        """Stored outcomes by task type, summed over the shards' counters."""
-
-        async def run() -> list[dict[str, str]]:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for shard in self.keys.all_shards():
-                    pipe.hgetall(shard.counters)
-                return list(await pipe.execute())
-
-        out: dict[str, dict[str, int]] = {}
-        for raw in await self._run(run):
-            for field, n in raw.items():
-                task_type, _, kind = field.rpartition("|")
-                per_type = out.setdefault(task_type, {})
-                per_type[kind] = per_type.get(kind, 0) + int(n)
-        return out
-
-    def shard_for_key(self, key: str) -> int:
-        return shard_of(key, self.settings.shards)
-
-    def shard_keys(self, shard: int) -> ShardKeys:
-        return self.keys.shard(shard)
-
-
-def _per_node(reply: Any) -> list[dict[str, Any]]:
-    """INFO answers one dict, or on a cluster one dict per node."""
-    if isinstance(reply, dict) and reply and all(isinstance(v, dict) for v in reply.values()):
-        return list(reply.values())
-    return [reply]
-
-
-def _stream_items(reply: Any) -> list[tuple[str, list[tuple[str, dict[str, str]]]]]:
-    """XREADGROUP replies come as a list (RESP2) or a dict (RESP3); normalise them."""
-    if not reply:
-        return []
-    if isinstance(reply, dict):
-        return [(k, v[0] if v and isinstance(v[0], list) else v) for k, v in reply.items()]
-    return [(k, v) for k, v in reply]
-
-
-def _int(value: Any) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return 0
-
-
-def _float(value: Any) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
