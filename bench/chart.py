@@ -71,17 +71,17 @@ def write_chart(path: Path = CHART) -> Path | None:
 def _http_panel(ax: Any, http: dict[str, dict[str, dict[str, float]]]) -> None:
     connections = "64" if "64" in http else next(iter(http))
     rows = http[connections]
-    seed = next(iter(rows.values()))["rps"]
     labels = [_short(label) for label in rows]
     values = [r["rps"] for r in rows.values()]
+    ratios = [r["vs_seed"] for r in rows.values()]  # within each run, then the median
     colours = [
         _SPILLWAY if "Spillway" in lbl else _CEILING if "ceiling" in lbl else _OTHER
         for lbl in labels
     ]
     bars = ax.bar(labels, values, color=colours)
-    for bar, value in zip(bars, values, strict=True):
+    for bar, value, ratio in zip(bars, values, ratios, strict=True):
         ax.annotate(
-            f"{value:,.0f}\n{value / seed:.1f}x",
+            f"{value:,.0f}\n{ratio:.1f}x",
             (bar.get_x() + bar.get_width() / 2, value),
             ha="center",
             va="bottom",

@@ -41,7 +41,8 @@ DOCS = ROOT / "docs"
 BACKLOG = 200_000
 NATIVE = "native code: uvloop, granian (Rust), system calls"
 OTHER = "other Python: our code outside the parts above, asyncio, library glue"
-# Where the samples of each path go, by the first of these frames found in a stack (inner first).
+# Where the samples of each path go: the first part with a marker in any frame of a sample's
+# stack ("leaf:" markers: in its innermost frame only, for wrappers such as metrics.timed_run).
 ACCEPT_PARTS = {
     "validate + serialise (pydantic, orjson)": ("Spillway.prepare", "model_validate"),
     "write to Redis (coalesced pipeline, redis-py, hiredis)": ("Broker._flush_accepts",),
@@ -51,7 +52,7 @@ ACCEPT_PARTS = {
 }
 WORKER_PARTS = {
     "run the handlers (validate the payload, call)": ("TaskDef.call", "TaskDef.validate"),
-    "metrics (prometheus_client)": ("timed_run", "task_finished", "MutexValue"),
+    "metrics (prometheus_client)": ("leaf:spillway/metrics.py", "leaf:prometheus_client"),
     "begin (claim script)": ("Broker.begin",),
     "finish (store the outcome, ack)": ("Broker.finish",),
     "read deliveries (XREADGROUP)": ("Broker.read",),
@@ -93,6 +94,12 @@ def record_both(pid: int, seconds: float, svg: Path, subprocesses: bool) -> Path
 _ENTRY_FRAMES = ("lifespan_worker", "run_until_complete", "Runner.run", "run_worker", "uvloop")
 
 
+def _marked(frames: list[str], marker: str) -> bool:
+    if marker.startswith("leaf:"):
+        return marker[5:] in frames[-1]
+    return any(marker in f for f in frames)
+
+
 def shares(raw: Path, parts: dict[str, tuple[str, ...]]) -> dict[str, float]:
     """Share of the samples of the app's processes spent in each part.
 
@@ -110,7 +117,7 @@ def shares(raw: Path, parts: dict[str, tuple[str, ...]]) -> dict[str, float]:
             continue  # granian's parent process
         total += int(n)
         for name, markers in parts.items():
-            if any(m in f for f in frames for m in markers):
+            if any(_marked(frames, m) for m in markers):
                 counts[name] += int(n)
                 break
         else:

@@ -528,6 +528,7 @@ def _save(results: dict[int, dict[str, list[Figures]]]) -> None:
         str(connections): {
             label: {
                 "rps": statistics.median(f.rps for f in runs),
+                "vs_seed": _ratio(runs, next(iter(by_label.values()))),
                 "p99_ms": statistics.median(f.p99_ms for f in runs),
             }
             for label, runs in by_label.items()
