@@ -25,6 +25,7 @@ from rich.progress import MofNCompleteColumn, Progress
 from spillway import metrics, views
 from spillway.app import Spillway
 from spillway.errors import ConfigurationError, SpillwayError
+from spillway.loading import EXAMPLE_APP, AppNotFound, load_app
 from spillway.logs import LogFormat, setup_logging
 from spillway.records import DeadTask, TaskRecord
 from spillway.settings import Settings
@@ -33,39 +34,6 @@ from spillway.supervisor import EXIT_CONFIG, Supervisor
 __all__ = ["AppNotFound", "load_app", "main"]
 
 T = TypeVar("T")
-EXAMPLE_APP = "spillway.example:app"
-
-
-class AppNotFound(ConfigurationError):
-    """The APP reference does not name a `Spillway` instance."""
-
-
-def load_app(ref: str) -> Spillway:
-    """Import ``module:attribute`` (the current directory first on sys.path, as uvicorn does)."""
-    module_name, _, attr = ref.partition(":")
-    if not module_name or not attr:
-        raise AppNotFound(
-            f"APP must look like 'module:attribute' (e.g. {EXAMPLE_APP}), not {ref!r}"
-        )
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
-            raise AppNotFound(
-                f"cannot import module {module_name!r} (looked in {os.getcwd()} and sys.path)"
-            ) from exc
-        raise AppNotFound(f"importing {module_name!r} failed: {exc}") from exc
-    obj: Any = module
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise AppNotFound(f"module {module_name!r} has no attribute {attr!r}") from None
-    if not isinstance(obj, Spillway):
-        raise AppNotFound(f"{ref} is a {type(obj).__name__}, not a Spillway application")
-    return obj
 
 
 class _Main(click.Group):

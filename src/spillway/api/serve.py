@@ -7,45 +7,21 @@ factory here, which imports the application named in ``SPILLWAY_API_APP``.
 from __future__ import annotations
 
 import gc
-import importlib
 import os
-import sys
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 
-from spillway.app import Spillway
 from spillway.errors import ConfigurationError
+from spillway.loading import load_app
 
 if TYPE_CHECKING:
     from granian.server.common import AbstractServer
 
-__all__ = ["APP_ENV", "build", "load_app", "serve", "server"]
+__all__ = ["APP_ENV", "build", "serve", "server"]
 
 #: The environment variable that tells granian's workers which application to serve.
 APP_ENV = "SPILLWAY_API_APP"
-
-
-def load_app(app_ref: str) -> Spillway:
-    """The `Spillway` instance named by ``module:attribute`` (the module may be in the cwd)."""
-    module_name, _, attribute = app_ref.partition(":")
-    if not module_name or not attribute:
-        raise ConfigurationError(f"{app_ref!r}: name the application as module:attribute")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigurationError(f"{app_ref!r}: cannot import {module_name!r}: {exc}") from exc
-    target = module
-    for part in attribute.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise ConfigurationError(f"{app_ref!r}: {module_name} has no {attribute!r}") from None
-    if not isinstance(target, Spillway):
-        raise ConfigurationError(f"{app_ref!r} is a {type(target).__name__}, not a Spillway app")
-    return target
 
 
 def build() -> FastAPI:
