@@ -10,6 +10,14 @@ import argparse
 import importlib
 import sys
 
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
 from bench import DOC, Report, update_section
 from bench.chart import write_chart
 
@@ -36,13 +44,22 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(args.names) - set(BENCHMARKS))
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
-    for name in args.names or list(BENCHMARKS):
-        print(f"--- {name}", flush=True)
-        report: Report = importlib.import_module(BENCHMARKS[name]).run()
-        print(report.summary, flush=True)
-        if not args.no_write:
-            update_section(report.title, report.markdown)
-            print(f"updated the {report.title!r} section of {DOC}", flush=True)
+    names = args.names or list(BENCHMARKS)
+    # A bar over the whole run (the benchmarks print their own steps above it).
+    with Progress(
+        TextColumn("[bold]make bench[/]"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.description}"), TimeElapsedColumn(),
+    ) as progress:  # fmt: skip
+        overall = progress.add_task("", total=len(names))
+        for name in names:
+            progress.update(overall, description=name)
+            progress.console.print(f"--- {name}")
+            report: Report = importlib.import_module(BENCHMARKS[name]).run()
+            progress.console.print(report.summary)
+            if not args.no_write:
+                update_section(report.title, report.markdown)
+                progress.console.print(f"updated the {report.title!r} section of {DOC}")
+            progress.advance(overall)
     if not args.no_write:
         chart = write_chart()  # from what the http, latency and cost benchmarks saved
         if chart is not None:
