@@ -92,7 +92,7 @@ async def test_tasks_of_a_killed_worker_are_completed_by_another_after_the_visib
     assert survivor.wait(60) == 0, output(survivor)
     for task_id in ids:
         record = await app.get(task_id)
-        assert record.status is TaskStatus.SUCCEEDED
+        assert record.status is TaskStatus.SUCCEEDED, (record, output(survivor)[-3000:])
         assert record.attempts == 2
         assert record.result == 2  # the outcome written by the second delivery, once
     # Each task ran once before the kill and once after it.
