@@ -7,15 +7,17 @@ PID, and returns the section it writes into ``docs/benchmarks.md``.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
 import re
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DOC", "ROOT", "Report", "machine", "update_section"]
+__all__ = ["DOC", "ROOT", "Report", "machine", "standalone", "update_section"]
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -61,3 +63,18 @@ def update_section(title: str, body: str, path: Path = DOC) -> None:
         text = text.rstrip() + "\n\n" + section
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+def standalone(
+    parser: argparse.ArgumentParser,
+    run: Callable[[argparse.Namespace], Report],
+    argv: list[str] | None,
+) -> int:
+    """What `python -m bench.NAME` does: run, print the summary, update its section."""
+    args = parser.parse_args(argv)
+    report = run(args)
+    print(report.summary)
+    if not args.no_write:
+        update_section(report.title, report.markdown)
+        print(f"updated the {report.title!r} section of {DOC}")
+    return 0

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import redis
 
-from bench import DOC, ROOT, Report, machine, update_section
+from bench import DOC, ROOT, Report, machine, standalone
 from bench.http.run import PAYLOAD, PREFIX
 from bench.latency import APP, RESULTS, measure_rate, stack
 from spillway import Settings, Spillway
@@ -196,13 +196,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    report = run(args)
-    print(report.summary)
-    if not args.no_write:
-        update_section(report.title, report.markdown)
-        print(f"updated the {TITLE!r} section of {DOC}")
-    return 0
+    return standalone(parser(), run, argv)
 
 
 if __name__ == "__main__":

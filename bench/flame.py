@@ -27,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench import DOC, ROOT, Report, machine, update_section
+from bench import DOC, ROOT, Report, machine, standalone
 from bench.drain import APP as DRAIN_APP
 from bench.drain import build_app
 from bench.http.run import PAYLOAD, spillway_server, started, wrk
@@ -223,13 +223,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    report = run(args)
-    print(report.summary)
-    if not args.no_write:
-        update_section(report.title, report.markdown)
-        print(f"updated the {TITLE!r} section of {DOC}")
-    return 0
+    return standalone(parser(), run, argv)
 
 
 if __name__ == "__main__":
