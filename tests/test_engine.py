@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +30,24 @@ from spillway import (
     Worker,
 )
 from spillway.broker import GROUP, Delivery
+from spillway.embedded import EmbeddedRedis
 
 
 class Item(BaseModel):
     n: int
+
+
+@contextlib.asynccontextmanager
+async def own_server(
+    settings: Settings, **redis: Any
+) -> AsyncIterator[tuple[EmbeddedRedis, Spillway]]:
+    """A Redis of this test's own (to kill, pause or fill) and an app on it, both closed after."""
+    with EmbeddedRedis(**redis) as server:
+        app = Spillway(settings.model_copy(update={"redis_url": server.url}))
+        try:
+            yield server, app
+        finally:
+            await app.close()
 
 
 async def drain(app: Spillway, **kwargs: Any) -> Worker:
@@ -520,17 +536,14 @@ async def test_a_task_whose_worker_vanished_is_reclaimed_by_another(
 async def test_start_is_refused_against_a_redis_that_may_evict_keys(
     settings: Settings,
 ) -> None:
-    from spillway.embedded import EmbeddedRedis
     from spillway.errors import EvictionPolicyError
 
-    with EmbeddedRedis() as server:
+    async with own_server(settings) as (server, app):
         client = aioredis.Redis.from_url(server.url)
         await client.config_set("maxmemory-policy", "allkeys-lru")
         await client.aclose()
-        app = Spillway(settings.model_copy(update={"redis_url": server.url}))
         with pytest.raises(EvictionPolicyError):
             await app.connect()
-        await app.close()
 
 
 async def test_idle_consumers_are_forgotten_only_when_they_hold_nothing(
@@ -571,10 +584,8 @@ async def test_scripts_are_reloaded_after_redis_forgets_them(
 
 async def test_enqueue_many_with_redis_gone_refuses_each_item_quickly(settings: Settings) -> None:
     from spillway import BrokerUnavailable
-    from spillway.embedded import EmbeddedRedis
 
-    with EmbeddedRedis() as server:
-        app = Spillway(settings.model_copy(update={"redis_url": server.url}))
+    async with own_server(settings) as (server, app):
 
         @app.task
         async def job(item: Item) -> None:
@@ -589,17 +600,13 @@ async def test_enqueue_many_with_redis_gone_refuses_each_item_quickly(settings: 
         assert all(isinstance(r.error, BrokerUnavailable) for r in results)
         with pytest.raises(BrokerUnavailable):
             await app.enqueue("job", {"n": 1})
-        await app.close()
 
 
 async def test_workers_drain_a_redis_that_is_full(settings: Settings) -> None:
     from spillway import BrokerUnavailable
-    from spillway.embedded import EmbeddedRedis
 
-    with EmbeddedRedis(maxmemory="4mb") as server:
-        app = Spillway(
-            settings.model_copy(update={"redis_url": server.url, "backlog_limit": 10**6})
-        )
+    big = settings.model_copy(update={"backlog_limit": 10**6})
+    async with own_server(big, maxmemory="4mb") as (_, app):
 
         @app.task
         async def job(payload: dict[str, str]) -> None:
@@ -618,15 +625,12 @@ async def test_workers_drain_a_redis_that_is_full(settings: Settings) -> None:
         worker = await drain(app)
         assert worker.processed == accepted
         assert (await app.stats()).queues[0].backlog == 0
-        await app.close()
 
 
 async def test_a_503_from_a_frozen_redis_means_nothing_was_stored(settings: Settings) -> None:
     from spillway import BrokerUnavailable
-    from spillway.embedded import EmbeddedRedis
 
-    with EmbeddedRedis() as server:
-        app = Spillway(settings.model_copy(update={"redis_url": server.url}))
+    async with own_server(settings) as (server, app):
 
         @app.task
         async def job(item: Item) -> None:
@@ -643,4 +647,3 @@ async def test_a_503_from_a_frozen_redis_means_nothing_was_stored(settings: Sett
             server.resume()
         # Redis ran the queued accept script on waking, past its deadline: it wrote nothing.
         assert (await app.stats()).queues[0].backlog == 0
-        await app.close()
