@@ -14,7 +14,13 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import NoScriptError, OutOfMemoryError, RedisError, ResponseError
+from redis.exceptions import (
+    ClusterDownError,
+    NoScriptError,
+    OutOfMemoryError,
+    RedisError,
+    ResponseError,
+)
 
 from spillway.broker.admin import Admin
 from spillway.broker.connection import AnyRedis, make_client, pubsub_client
@@ -114,8 +120,11 @@ class Broker(Admin):
             mapped = unavailable(exc)
             if mapped is None:
                 raise
-            if self.cluster:
-                # Perhaps a failover: learn the new slot map before the caller tries again.
+            if self.cluster and (
+                not isinstance(exc, ResponseError) or isinstance(exc, ClusterDownError)
+            ):
+                # A node unreachable or the cluster down: perhaps a failover, so learn the new
+                # slot map before the caller tries again (not for a full or busy node).
                 for client in (self.client, self.blocking):
                     await refresh_slots(client)  # type: ignore[arg-type]
             raise mapped from exc
