@@ -647,3 +647,25 @@ async def test_a_503_from_a_frozen_redis_means_nothing_was_stored(settings: Sett
             server.resume()
         # Redis ran the queued accept script on waking, past its deadline: it wrote nothing.
         assert (await app.stats()).queues[0].backlog == 0
+
+
+async def test_replay_finds_a_dead_letter_whose_record_has_expired(
+    app: Spillway, redis: aioredis.Redis
+) -> None:
+    healed = False
+
+    @app.task(max_retries=0)
+    async def once_broken(item: Item) -> int:
+        if not healed:
+            raise ValueError("first time")
+        return item.n
+
+    task_id = await app.enqueue("once_broken", {"n": 1})
+    await drain(app)
+    assert (await app.get(task_id)).status is TaskStatus.DEAD
+    await redis.delete(app.broker.keys.for_task(task_id).task(task_id))  # as its TTL would
+
+    healed = True
+    assert await app.replay(task_id) is True
+    await drain(app)
+    assert await app.result(task_id, timeout=1) == 1

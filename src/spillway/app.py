@@ -366,6 +366,10 @@ class Spillway:
 
     async def replay(self, task_id: str) -> bool:
         """Run a dead-lettered task again under its id. False if it is not in the dead letters."""
+        raw = await self.broker.get(task_id) if _valid_id(task_id) else None
+        if raw is not None and raw.get("dead_letter"):
+            return await self.broker.dlq_replay_entry(task_id, raw["queue"], raw["dead_letter"])
+        # Its record has expired (dead letters outlive records): look through the dead letters.
         for dead in await self.dead_letters(limit=100_000):
             if dead.id == task_id:
                 return await self.broker.dlq_replay(dead)

@@ -147,10 +147,14 @@ class Admin:
 
     async def dlq_replay(self, dead: DeadTask) -> bool:
         """Queue a dead-lettered task again under its own id. False if it was already replayed."""
-        shard = self.keys.for_task(dead.id)
-        keys = [shard.dead(dead.queue), shard.task(dead.id), shard.stream(dead.queue)]
+        return await self.dlq_replay_entry(dead.id, dead.queue, dead.dead_letter_id)
+
+    async def dlq_replay_entry(self, task_id: str, queue: str, dead_letter_id: str) -> bool:
+        """`dlq_replay` from the dead-letter entry's id (as the task's record keeps it)."""
+        shard = self.keys.for_task(task_id)
+        keys = [shard.dead(queue), shard.task(task_id), shard.stream(queue)]
         reply = await self._run(
-            lambda: self.scripts.call(self.client, "replay", keys, [dead.dead_letter_id])
+            lambda: self.scripts.call(self.client, "replay", keys, [dead_letter_id])
         )
         return reply is not None
 

@@ -37,12 +37,12 @@ for i = 4, #KEYS do
     if attempts > limit then
       local err = 'WorkerLost: the process running this task died on each of its ' ..
         limit .. ' attempts'
-      redis.call('HSET', record, 'status', 'dead', 'attempts', limit, 'error', err,
-        'finished_at', now, 'entry', '')
-      redis.call('PEXPIRE', record, ARGV[2])
-      redis.call('XADD', dead, '*', 'id', r[8], 'type', r[3], 'queue', r[12], 'payload', r[4],
-        'error', err, 'traceback', '', 'attempts', limit, 'max_retries', r[5],
+      local letter = redis.call('XADD', dead, '*', 'id', r[8], 'type', r[3], 'queue', r[12],
+        'payload', r[4], 'error', err, 'traceback', '', 'attempts', limit, 'max_retries', r[5],
         'timeout', r[6], 'created_at', r[11], 'failed_at', now)
+      redis.call('HSET', record, 'status', 'dead', 'attempts', limit, 'error', err,
+        'finished_at', now, 'entry', '', 'dead_letter', letter)
+      redis.call('PEXPIRE', record, ARGV[2])
       redis.call('XACK', stream, group, entry)
       redis.call('XDEL', stream, entry)
       redis.call('PUBLISH', ARGV[3] .. r[8], 'dead')

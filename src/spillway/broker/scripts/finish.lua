@@ -33,12 +33,13 @@ elseif outcome == 'retry' then
 else
   local f = redis.call('HMGET', record, 'type', 'queue', 'payload', 'max_retries', 'timeout',
     'created_at')
+  local letter = redis.call('XADD', KEYS[4], '*', 'id', ARGV[1], 'type', f[1], 'queue', f[2],
+    'payload', f[3], 'error', ARGV[5], 'traceback', ARGV[6], 'attempts', ARGV[10],
+    'max_retries', f[4], 'timeout', f[5], 'created_at', f[6], 'failed_at', now)
+  -- The record points at its dead letter, so a replay by task id needs no search.
   redis.call('HSET', record, 'status', 'dead', 'error', ARGV[5], 'traceback', ARGV[6],
-    'finished_at', now, 'entry', '')
+    'finished_at', now, 'entry', '', 'dead_letter', letter)
   redis.call('PEXPIRE', record, ARGV[7])
-  redis.call('XADD', KEYS[4], '*', 'id', ARGV[1], 'type', f[1], 'queue', f[2], 'payload', f[3],
-    'error', ARGV[5], 'traceback', ARGV[6], 'attempts', ARGV[10], 'max_retries', f[4],
-    'timeout', f[5], 'created_at', f[6], 'failed_at', now)
   redis.call('PUBLISH', ARGV[9], 'dead')
 end
 return 1
