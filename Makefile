@@ -46,7 +46,7 @@ chromium:  ## install Debian's chromium for the browser tests, if missing
 test: $(STAMP) chromium  ## run the test suite (all but chaos tests)
 	$(BIN)/pytest -q -m "not chaos" $(PYTEST_ARGS)
 
-test-cluster: $(STAMP)  ## run the suite against a local Redis Cluster (3 primaries, 3 shards)
+test-cluster: $(STAMP) chromium  ## run the suite against a local Redis Cluster (3 primaries, 3 shards)
 	SPILLWAY_TEST_CLUSTER=1 SPILLWAY_TEST_SHARDS=3 $(BIN)/pytest -q -m "not chaos" $(PYTEST_ARGS)
 
 chaos: $(STAMP)  ## run the fault-injection tests

@@ -30,6 +30,7 @@ from spillway import (
     Worker,
 )
 from spillway.broker import GROUP, Delivery
+from spillway.broker.keys import shard_of
 from spillway.embedded import EmbeddedRedis
 
 
@@ -511,6 +512,40 @@ async def test_a_slow_task_keeps_its_claim_and_is_never_run_twice(app: Spillway)
     await asyncio.wait_for(asyncio.gather(first.run(), second.run()), 30)
     assert runs == [task_id]
     assert (await app.get(task_id)).attempts == 1
+
+
+async def test_equal_entry_ids_on_two_shards_are_two_claims(settings: Settings) -> None:
+    # Entry ids are unique per stream only: two shards' streams hand out the same id when they
+    # take an entry in the same millisecond. Each claim must be renewed and freed on its own.
+    app = Spillway(settings.model_copy(update={"shards": 2}))
+    runs: list[str] = []
+
+    @app.task(timeout=10, max_retries=3)
+    async def slow(item: Item, ctx: TaskContext) -> None:
+        runs.append(ctx.task_id)
+        # Shard 0's tasks end long before shard 1's claims would lapse without renewal.
+        await asyncio.sleep(2.5 if shard_of(ctx.task_id, 2) else 0.1)
+
+    try:
+        entries: dict[str, str] = {}  # task id -> entry id
+        for _ in range(5):  # one batch lands in one millisecond all but very rarely
+            accepted = await app.enqueue_many([("slow", {"n": n}) for n in range(8)])
+            for a in accepted:
+                assert a.task_id is not None
+                record = await app.broker.get(a.task_id)
+                assert record is not None
+                entries[a.task_id] = record["entry"]
+            if len(set(entries.values())) < len(entries):
+                break
+        assert len(set(entries.values())) < len(entries), "no entry id was shared by two shards"
+
+        await asyncio.wait_for(Worker(app, burst=True, concurrency=50).run(), 60)
+        assert sorted(runs) == sorted(entries)  # each ran once: no claim lapsed or was lost
+        for task_id in entries:
+            record = await app.get(task_id)
+            assert (record.status, record.attempts) == (TaskStatus.SUCCEEDED, 1)
+    finally:
+        await app.close()
 
 
 async def test_a_task_whose_worker_vanished_is_reclaimed_by_another(

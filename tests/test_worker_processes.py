@@ -82,6 +82,10 @@ async def test_tasks_of_a_killed_worker_are_completed_by_another_after_the_visib
     try:
 
         async def all_running() -> bool:
+            # Running in the store is set before the handler starts; its own record of the run
+            # comes after, so wait for that too.
+            if set(await runs(redis, app.settings.prefix)) != set(ids):
+                return False
             return all([(await app.get(i)).status is TaskStatus.RUNNING for i in ids])
 
         await wait_until(all_running, describe=lambda: output(victim))

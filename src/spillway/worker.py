@@ -66,7 +66,8 @@ class Worker:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.processed = 0
         self.started_at = datetime.now(UTC)
-        self._inflight: dict[str, tuple[Delivery, asyncio.Task[None] | None]] = {}
+        # Keyed by the delivery: entry ids are unique per stream only, and shards are streams.
+        self._inflight: dict[Delivery, asyncio.Task[None] | None] = {}
         self._reserved = 0
         self._readers_waiting = 0
         self._busy_waiting = 0  # waiting readers whose stream had entries at their last read
@@ -137,7 +138,7 @@ class Worker:
     ) -> None:
         self._stopping.set()
         keeper.cancel()
-        runs = [t for _, t in self._inflight.values() if t is not None]
+        runs = [t for t in self._inflight.values() if t is not None]
         if runs:
             log.info(
                 "waiting up to %gs for %d running tasks", self.settings.shutdown_grace, len(runs)
@@ -153,7 +154,7 @@ class Worker:
         finisher.cancel()
         renewer.cancel()  # only now: tasks finishing during the grace period keep their claims
         await asyncio.gather(finisher, keeper, renewer, return_exceptions=True)
-        leftover = [d for d, _ in self._inflight.values()]
+        leftover = list(self._inflight)
         with contextlib.suppress(SpillwayError):
             if leftover:
                 released = await self.app.broker.release(self.name, leftover)
@@ -240,7 +241,7 @@ class Worker:
                 await self.app.broker.release(self.name, deliveries)
             return
         for d in deliveries:  # hold the slots while begin runs, so renewal covers them
-            self._inflight[d.entry_id] = (d, None)
+            self._inflight[d] = None
         while True:
             try:
                 started = await self.app.broker.begin(deliveries)
@@ -256,10 +257,10 @@ class Worker:
             else:
                 timed = metrics.timed_run(s.type, s.attempts, s.created_at_ms, self._run(s))
                 run = asyncio.create_task(timed, name=f"spillway-task-{d.task_id}")
-                self._inflight[d.entry_id] = (d, run)
+                self._inflight[d] = run
 
     def _release_slot(self, d: Delivery) -> None:
-        self._inflight.pop(d.entry_id, None)
+        self._inflight.pop(d, None)
         self._slot_freed.set()
 
     # --- running -----------------------------------------------------------------------------
@@ -402,7 +403,7 @@ class Worker:
                 self._slot_freed.set()  # the reader may be waiting for these slots
             # XAUTOCLAIM also hands back this worker's own deliveries when their renewal came
             # late; they are still running here, so they must not start a second time.
-            claimed = [d for d in claimed if d.entry_id not in self._inflight]
+            claimed = [d for d in claimed if d not in self._inflight]
             if claimed:
                 log.warning(
                     "reclaimed %d stalled deliveries from %s/%d", len(claimed), queue, shard
@@ -420,7 +421,7 @@ class Worker:
                 log.warning("claim renewal failed: %s", exc)
 
     async def _renew(self) -> None:
-        mine = [d for d, _ in self._inflight.values()]
+        mine = list(self._inflight)
         if mine:
             await self.app.broker.renew(self.name, mine)
 
