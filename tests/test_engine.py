@@ -542,8 +542,8 @@ async def test_equal_entry_ids_on_two_shards_are_two_claims(settings: Settings) 
         await asyncio.wait_for(Worker(app, burst=True, concurrency=50).run(), 60)
         assert sorted(runs) == sorted(entries)  # each ran once: no claim lapsed or was lost
         for task_id in entries:
-            record = await app.get(task_id)
-            assert (record.status, record.attempts) == (TaskStatus.SUCCEEDED, 1)
+            done = await app.get(task_id)
+            assert (done.status, done.attempts) == (TaskStatus.SUCCEEDED, 1)
     finally:
         await app.close()
 
