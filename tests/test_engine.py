@@ -548,6 +548,32 @@ async def test_equal_entry_ids_on_two_shards_are_two_claims(settings: Settings) 
         await app.close()
 
 
+async def test_streams_outnumbering_the_slots_are_all_read_in_turn(settings: Settings) -> None:
+    # Three shard streams, two slots: readers of empty streams block holding a slot each, and
+    # must still let the third reader have one when its stream fills.
+    app = Spillway(settings.model_copy(update={"shards": 3, "block_ms": 100}))
+
+    @app.task
+    async def job(item: Item) -> int:
+        return item.n
+
+    worker = Worker(app, concurrency=2)
+    running = asyncio.create_task(worker.run())
+    try:
+        await asyncio.sleep(0.3)  # every reader has found its stream empty once
+        accepted = await app.enqueue_many([("job", {"n": n}) for n in range(60)])
+        ids = [a.task_id for a in accepted if a.task_id]
+        assert len({shard_of(i, 3) for i in ids}) == 3
+        results = await asyncio.wait_for(
+            asyncio.gather(*(app.result(i, timeout=30) for i in ids)), 30
+        )
+        assert sorted(results) == list(range(60))
+    finally:
+        worker.stop()
+        await running
+        await app.close()
+
+
 async def test_a_task_whose_worker_vanished_is_reclaimed_by_another(
     app: Spillway, redis: aioredis.Redis
 ) -> None:

@@ -178,11 +178,13 @@ class Worker:
     async def _read_loop(self, stream: dict[str, tuple[str, int]]) -> None:
         """Read one shard stream while slots are free.
 
-        Slots are reserved before a read so deliveries never exceed the concurrency. Three
+        Slots are reserved before a read so deliveries never exceed the concurrency. Four
         rules keep shards from starving each other: a reader whose stream was empty reserves a
         single slot for its (blocking) wait, so idle shards do not hold capacity a busy one
-        could use; an idle reader waits while a busy one is waiting for slots; and a reader
-        takes only its share of the free slots while other readers are waiting too.
+        could use; an idle reader waits while a busy one is waiting for slots; a reader
+        takes only its share of the free slots while other readers are waiting too; and after
+        an empty read a reader lets the readers waiting for a slot go first, so every stream
+        is read in turn even when the streams outnumber the slots.
         """
         broker = self.app.broker
         block_ms = min(self.settings.block_ms, 100) if self.burst else self.settings.block_ms
@@ -224,6 +226,11 @@ class Worker:
                 self._stopping.set()
                 self._slot_freed.set()
                 return
+            elif self._readers_waiting:
+                # An empty read ends this reader's turn: readers woken for the slot it freed
+                # go first. Without this, with fewer slots than shard streams, readers of
+                # empty streams took the slots back at once and a full stream was never read.
+                await asyncio.sleep(0)
 
     async def _drained_now(self) -> bool:
         # Reservations of other readers do not count: any entry they could still receive is
