@@ -1,16 +1,15 @@
-"""Spillway on a Redis Cluster: shards spread over primaries, replication, primary failover."""
+"""Spillway on a Redis Cluster: shards spread over primaries, replication before the 202.
+
+A primary failover under load is chaos scenario 14 (tests/chaos/test_cluster_faults.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Iterator
 
-import pytest
 from redis.crc import key_slot
-from tests.procs import output, spawn_worker, stop
 
-from spillway import BrokerUnavailable, Settings, Spillway, TaskStatus
+from spillway import Settings, Spillway
 from spillway.embedded_cluster import EmbeddedCluster
 
 
@@ -85,67 +84,4 @@ async def test_accept_can_wait_for_a_replica_to_have_the_task(
         c.execute_command("READONLY")
         # Already there when the enqueue returned: the WAIT came before the answer.
         assert c.hget(record, "status") == "queued"
-    await app.close()
-
-
-@pytest.fixture
-def failover_cluster() -> Iterator[EmbeddedCluster]:
-    """A cluster of its own: this test kills one of its primaries."""
-    with EmbeddedCluster(primaries=3, replicas=1) as cluster:
-        yield cluster
-
-
-@pytest.mark.slow
-async def test_killing_a_primary_mid_run_loses_no_replicated_task(
-    failover_cluster: EmbeddedCluster, key_prefix: str, worker_env: dict[str, str]
-) -> None:
-    from tests.apps import core
-
-    settings = cluster_settings(failover_cluster, key_prefix, wait_replicas=1, wait_timeout=0.3)
-    app = Spillway(settings)
-    app.tasks.update(core.app.tasks)
-    ids = []
-    for _ in range(3):
-        ids += [r.task_id for r in await app.enqueue_many([("count", {"seconds": 0.01})] * 400)]
-    assert all(ids)
-    env = dict(worker_env)
-    for name, value in settings.model_dump().items():
-        env[f"SPILLWAY_{name.upper()}"] = str(value)
-    worker = spawn_worker(env, "--concurrency", "20")
-    try:
-        # Let it get going, then kill the primary that serves shard 0.
-        deadline = time.monotonic() + 30
-        while (await app.stats()).counts.get("count", {}).get("succeeded", 0) < 200:
-            assert time.monotonic() < deadline, output(worker)
-            await asyncio.sleep(0.05)
-        victim_port = owner(failover_cluster, next(iter(app.broker.streams(["default"]))))
-        victim = next(n for n in failover_cluster.nodes if n.port == victim_port)
-        victim.kill()
-        await asyncio.to_thread(failover_cluster.wait_healthy)
-
-        async def settled() -> bool:
-            try:
-                records = [await app.broker.get(i) for i in ids if i]
-            except BrokerUnavailable:  # this client, too, meets the dead node until it learns
-                return False
-            return all(r is not None and r["status"] == "succeeded" for r in records)
-
-        deadline = time.monotonic() + 60
-        while not await settled():
-            assert time.monotonic() < deadline, output(worker)[-3000:]
-            await asyncio.sleep(0.2)
-    finally:
-        stop(worker)
-    # Lost: accepted (and replicated before the 202) but gone or unfinished. None may be.
-    for task_id in ids:
-        assert task_id is not None
-        assert (await app.get(task_id)).status is TaskStatus.SUCCEEDED
-    # Duplicates are bounded by what was in flight at the kill (20 per worker) plus outcomes
-    # the dead primary acknowledged but had not yet replicated.
-    runs_key = f"{key_prefix}:test:runs"
-    client = app.broker.client
-    executions = {k: int(v) for k, v in (await client.hgetall(runs_key)).items()}
-    assert set(executions) == set(ids)
-    extra = sum(n - 1 for n in executions.values())
-    assert extra <= 20 + 100, f"{extra} duplicate executions"
     await app.close()

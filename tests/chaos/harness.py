@@ -27,6 +27,7 @@ from spillway import Settings, Spillway
 from spillway.broker import GROUP
 from spillway.broker.connection import make_client
 from spillway.embedded import EmbeddedRedis
+from spillway.embedded_cluster import EmbeddedCluster
 from spillway.records import TERMINAL
 
 __all__ = ["APP", "Child", "Stack", "free_port"]
@@ -107,7 +108,12 @@ class Child:
 
 
 class Stack:
-    """Redis (AOF everysec), API servers and workers for one scenario, under one key prefix."""
+    """Redis (AOF everysec), API servers and workers for one scenario, under one key prefix.
+
+    With `cluster` (default: under `make test-cluster`, unless the scenario needs a server of its
+    own to fill), Redis is a local cluster of three primaries with a replica each, and the
+    queues are split over three shards (SPILLWAY_TEST_SHARDS).
+    """
 
     def __init__(
         self,
@@ -117,13 +123,20 @@ class Stack:
         redis_url: str | None = None,
         maxmemory: str | None = None,
         env: dict[str, str] | None = None,
+        cluster: bool | None = None,
     ) -> None:
         self.log_dir = log_dir
         self.prefix = f"c{uuid.uuid4().hex[:8]}"
         self.redis: EmbeddedRedis | None = None
+        self.cluster: EmbeddedCluster | None = None
         self._redis_url = redis_url
         self._maxmemory = maxmemory
-        self._settings = {**BASE_SETTINGS, **(settings or {})}
+        if cluster is None:
+            wanted = os.environ.get("SPILLWAY_TEST_CLUSTER") == "1"
+            cluster = wanted and redis_url is None and maxmemory is None
+        self._cluster = cluster
+        shards = int(os.environ.get("SPILLWAY_TEST_SHARDS", "3")) if cluster else 1
+        self._settings = {**BASE_SETTINGS, "shards": shards, **(settings or {})}
         self._extra_env = env or {}
         self.children: list[Child] = []
         self.apis: dict[int, Child] = {}  # port -> server
@@ -135,7 +148,10 @@ class Stack:
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> Stack:
-        if self._redis_url is None:
+        if self._cluster:
+            self.cluster = EmbeddedCluster(primaries=3, replicas=1, appendonly=True)
+            await asyncio.to_thread(self.cluster.start)
+        elif self._redis_url is None:
             self.redis = EmbeddedRedis(appendonly=True, maxmemory=self._maxmemory).start()
         self.app = _chaos_app(self.settings)
         client = make_client(self.url, socket_timeout=5, connect_timeout=5, max_connections=16)
@@ -155,6 +171,8 @@ class Stack:
                     await self.client.aclose()
         if self.redis is not None:
             self.redis.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
 
     async def __aenter__(self) -> Stack:
         return await self.start()
@@ -166,6 +184,8 @@ class Stack:
     def url(self) -> str:
         if self._redis_url is not None:
             return self._redis_url
+        if self.cluster is not None:
+            return self.cluster.url
         assert self.redis is not None
         return self.redis.url
 
@@ -261,6 +281,18 @@ class Stack:
     def redis_client(self) -> aioredis.Redis:
         assert self.client is not None
         return self.client
+
+    def primary_clients(self) -> list[aioredis.Redis]:
+        """A plain client of each primary serving now (for SCAN); one client on a single server.
+
+        The caller closes them.
+        """
+        if self.cluster is None:
+            return [aioredis.Redis.from_url(self.url, decode_responses=True)]
+        return [
+            aioredis.Redis(host="127.0.0.1", port=n.port, decode_responses=True)
+            for n in self.cluster.primary_nodes()
+        ]
 
     @property
     def spillway(self) -> Spillway:

@@ -73,7 +73,15 @@ async def conclude(
         verdict.check("drained in time", False, exc)
         verdict.notes["drain_s"] = round(time.monotonic() - started, 1)
     await stack.stop_workers()
-    store = await snapshot(stack.redis_client, stack.prefix, stack.spillway.queues)
+    nodes = await asyncio.to_thread(stack.primary_clients)
+    try:
+        store = await snapshot(
+            stack.redis_client, stack.prefix, stack.spillway.queues,
+            shards=stack.settings.shards, nodes=nodes,
+        )  # fmt: skip
+    finally:
+        for node in nodes:
+            await node.aclose()
     check(verdict, history, store, **check_options)
     return verdict, store
 

@@ -66,7 +66,7 @@ async def test_api_kill9_under_load_with_idempotent_retries_loses_and_doubles_no
 async def test_redis_kill9_and_restart_loses_no_acknowledged_task(
     stacks: StackFactory, size: str
 ) -> None:
-    stack = stacks()
+    stack = stacks(cluster=False)  # kills or pauses its one server
     run = await start(stack, apis=1, workers=2, concurrency=8)
     assert stack.redis is not None
     redis = stack.redis
@@ -124,7 +124,7 @@ async def test_redis_kill9_and_restart_loses_no_acknowledged_task(
 async def test_frozen_redis_gives_fast_503s_and_accepts_nothing(
     stacks: StackFactory, size: str
 ) -> None:
-    stack = stacks()
+    stack = stacks(cluster=False)  # kills or pauses its one server
     run = await start(stack, apis=1, workers=1, concurrency=8)
     assert stack.redis is not None
     redis = stack.redis
@@ -195,11 +195,11 @@ async def test_overload_is_refused_with_retry_after_and_nothing_is_trimmed(
     run = await start(stack, apis=1, workers=1, concurrency=2)  # throttled: <= 100 tasks/s
     samples: list[int] = []
     stop = asyncio.Event()
-    stream = next(iter(stack.spillway.broker.streams(["default"])))
+    streams = list(stack.spillway.broker.streams(["default"]))  # one per shard
 
     async def sample() -> None:
         while not stop.is_set():
-            samples.append(int(await stack.redis_client.xlen(stream)))
+            samples.append(sum([int(await stack.redis_client.xlen(s)) for s in streams]))
             await asyncio.sleep(0.1)
 
     sampler = asyncio.create_task(sample())
@@ -316,7 +316,7 @@ def test_worker_and_api_refuse_to_start_against_an_evicting_redis(
 
 
 async def test_a_503_after_a_redis_timeout_means_nothing_was_stored(stacks: StackFactory) -> None:
-    stack = stacks()
+    stack = stacks(cluster=False)  # kills or pauses its one server
     run = await start(stack, apis=1)
     assert stack.redis is not None
     async with httpx.AsyncClient(base_url=run.urls[0], timeout=10.0) as http:

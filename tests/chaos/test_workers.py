@@ -235,11 +235,13 @@ async def test_a_task_slower_than_the_visibility_timeout_runs_once_while_renewed
             await stack.start()
             owner = stack.start_worker(tasks, env={"CHAOS_NO_RENEW": "1"})
             await stack.wait_workers([owner])
-            history = await enqueue(stack, [("slow", ms)] * tasks)
+            # Twice as long: the thief must start (slowly, on a busy machine) and find them.
+            history = await enqueue(stack, [("slow", 2 * ms)] * tasks)
             await _until_running(stack, [op.task_id or "" for op in history.ops])
             await stack.wait_workers([stack.start_worker(tasks)])
         name = "5 slow task, renewal on" if renew else "5 slow task, renewal off (control)"
-        verdict = Verdict(name, size, faults=f"{tasks} tasks of {ms / 1000:g} s")
+        length = ms if renew else 2 * ms
+        verdict = Verdict(name, size, faults=f"{tasks} tasks of {length / 1000:g} s")
         return await conclude(verdict, stack, history, drain_timeout=60)
 
     (renewed, _), (control, _) = await asyncio.gather(phase(True), phase(False))
