@@ -14,6 +14,8 @@ from spillway.codec import JSONError, check_duplicate_keys, loads
         b'[{"k": 1}, {"k": 2}]',
         b'{"text": "looks like \\"k\\": 1", "k": 3}',  # a key-like string inside a value
         b"{}",
+        b'{"url": "https://h:80/a", "k:1": ["a:b", {"c": ":"}]}',  # colons in strings
+        b'{"a": "\\u003a", "b": 1}',  # an escaped colon
     ],
 )
 def test_documents_without_duplicate_keys_pass(doc: bytes) -> None:
@@ -23,7 +25,13 @@ def test_documents_without_duplicate_keys_pass(doc: bytes) -> None:
 
 @pytest.mark.parametrize(
     "doc",
-    [b'{"type": "a", "type": "b"}', b'{"p": {"k": 1, "x": [], "k": 2}}', b'[{"a": 1, "a": 1}]'],
+    [
+        b'{"type": "a", "type": "b"}',
+        b'{"p": {"k": 1, "x": [], "k": 2}}',
+        b'[{"a": 1, "a": 1}]',
+        b'{"u": "x:y", "u": "z"}',  # the dropped value had a colon
+        b'{"a": 1, "a": 2, "b": "\\u003a"}',  # an escaped colon evens out the colon count
+    ],
 )
 def test_an_object_naming_a_key_twice_is_refused(doc: bytes) -> None:
     with pytest.raises(JSONError, match="duplicate key"):

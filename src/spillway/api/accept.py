@@ -217,7 +217,7 @@ def parse_json(body: bytes, max_depth: int) -> Any:
         error = exc
     else:
         try:
-            check_duplicate_keys(body)
+            check_duplicate_keys(body, doc)
         except JSONError as exc:
             raise HTTPProblem(422, "unsupported-json", str(exc)) from None
         return doc

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -83,7 +82,8 @@ class Broker(Admin):
         self.waiters = Waiters(
             lambda: pubsub_client(self.client, settings.redis_timeout), self._terminal_status
         )
-        self._accept_queue: list[tuple[AcceptRequest, asyncio.Future[AcceptReply]]] = []
+        # Requests waiting for the next accept batch: (request, its deadline, its caller).
+        self._accept_queue: list[tuple[AcceptRequest, int, asyncio.Future[AcceptReply]]] = []
         self._clock_offset_ms = 0.0
         self._accept_flusher: asyncio.Task[None] | None = None
 
@@ -194,16 +194,18 @@ class Broker(Admin):
         503 always means nothing was written.
         """
         budget = self.settings.redis_timeout * 2
-        request = dataclasses.replace(request, deadline_ms=self._deadline_ms(budget))
-        future: asyncio.Future[AcceptReply] = asyncio.get_running_loop().create_future()
-        self._accept_queue.append((request, future))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[AcceptReply] = loop.create_future()
+        self._accept_queue.append((request, self._deadline_ms(budget), future))
         if self._accept_flusher is None or self._accept_flusher.done():
             self._accept_flusher = asyncio.create_task(self._flush_accepts())
+        # The future is this caller's own, so the budget fails it directly: cheaper than a
+        # timeout scope and a shield per request on the hot path.
+        timer = loop.call_later(budget, _give_up, future, budget)
         try:
-            async with asyncio.timeout(budget):
-                return await asyncio.shield(future)
-        except TimeoutError:
-            raise BrokerUnavailable(f"Redis did not answer within {budget:g} s") from None
+            return await future
+        finally:
+            timer.cancel()
 
     def _deadline_ms(self, budget: float) -> int:
         """A deadline `budget` seconds from now on the Redis server's clock (ms).
@@ -218,23 +220,26 @@ class Broker(Admin):
         while self._accept_queue:
             batch, self._accept_queue = self._accept_queue, []
             try:
-                replies = await self.accept_many([r for r, _ in batch])
+                replies = await self.accept_many([r for r, _, _ in batch], [d for _, d, _ in batch])
             except BaseException as exc:  # every waiter must hear of the failure
-                for _, future in batch:
+                for _, _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                         future.exception()  # its caller may have timed out: no "never retrieved"
                 if not isinstance(exc, Exception):
                     raise
                 continue
-            for (_, future), reply in zip(batch, replies, strict=True):
+            for (_, _, future), reply in zip(batch, replies, strict=True):
                 if not future.done():
                     future.set_result(reply)
 
-    async def accept_many(self, requests: Sequence[AcceptRequest]) -> list[AcceptReply]:
+    async def accept_many(
+        self, requests: Sequence[AcceptRequest], deadlines: Sequence[int] = ()
+    ) -> list[AcceptReply]:
         """Write many tasks in one round trip; each is accepted or refused on its own.
 
         One accept script call per shard (its keys share a slot), all in one pipeline.
+        `deadlines` (Redis clock, ms; one per request) are when their callers give up.
         """
         limit = max(1, -(-self.settings.backlog_limit // self.settings.shards))
         by_shard: dict[int, list[int]] = {}
@@ -247,11 +252,9 @@ class Broker(Admin):
                 keys: list[str] = []
                 # The caller gives up at its own deadline, or when the reply takes longer than
                 # the socket timeout from now, whichever comes first.
-                deadline = min(
-                    [requests[i].deadline_ms for i in idx if requests[i].deadline_ms],
-                    default=self._deadline_ms(self.settings.redis_timeout),
-                )
-                deadline = min(deadline, self._deadline_ms(self.settings.redis_timeout))
+                deadline = self._deadline_ms(self.settings.redis_timeout)
+                if deadlines:
+                    deadline = min(deadline, *(deadlines[i] for i in idx))
                 args: list[Any] = [limit, self._idempotency_ttl_ms, deadline]
                 for i in idx:
                     r = requests[i]
@@ -548,3 +551,9 @@ class Broker(Admin):
 
         result: int = await self._run(run)
         return result
+
+
+def _give_up(future: asyncio.Future[AcceptReply], budget: float) -> None:
+    """An accept caller's budget ran out: it answers 503 (the script will not write late)."""
+    if not future.done():
+        future.set_exception(BrokerUnavailable(f"Redis did not answer within {budget:g} s"))

@@ -72,7 +72,6 @@ class AcceptRequest:
     delay_ms: int = 0
     idempotency_key: str | None = None  # already scoped by the caller
     fingerprint: str = ""
-    deadline_ms: int = 0  # on the Redis clock; the accept script refuses to write after it
 
 
 @dataclass(frozen=True, slots=True)
