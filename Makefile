@@ -14,7 +14,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
 UV := $(BIN)/uv
 
-.PHONY: help install lock dev test test-cluster lint fmt bench chaos soak clean chromium screenshot
+.PHONY: help install lock dev test test-cluster lint fmt bench chaos soak clean chromium wrk screenshot
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -73,7 +73,15 @@ fmt: $(STAMP)  ## format and auto-fix
 screenshot: $(STAMP) chromium  ## save docs/dashboard.png: the dashboard of `spillway dev` under load
 	$(BIN)/python -m tests.screenshot docs/dashboard.png
 
-bench: $(STAMP)  ## run the benchmarks
+# The HTTP benchmark drives the servers with Debian's wrk.
+WRK := /usr/bin/wrk
+wrk:  ## install Debian's wrk for the HTTP benchmark, if missing
+	@test -x $(WRK) || { command -v apt-get >/dev/null \
+		|| { echo "$(WRK) is missing and apt-get is not available: install wrk" >&2; exit 1; }; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk; }
+
+bench: $(STAMP) wrk  ## run the benchmarks
 	$(BIN)/python -m bench.run
 
 clean:  ## remove the venv, caches and build output

@@ -226,7 +226,8 @@ def run(args: argparse.Namespace | None = None) -> Report:
                 )
         binary = s.redis.binary
     args.load = (load_before, os.getloadavg()[0])
-    _save(results)
+    if not getattr(args, "no_write", False):  # --no-write leaves docs/ as it is
+        _save(results)
     return _report(results, args, binary)
 
 

@@ -347,7 +347,8 @@ def run(args: argparse.Namespace | None = None) -> Report:
         redis_binary = server.binary
     args.load = (load_before, os.getloadavg()[0])
     summary, markdown = _report(results, args, redis_binary)
-    _save(results)
+    if not getattr(args, "no_write", False):  # --no-write leaves docs/ as it is
+        _save(results)
     return Report(TITLE, summary, markdown)
 
 
