@@ -36,7 +36,8 @@ def _colons(value: Any) -> int:
     if isinstance(value, str):
         return value.count(":")
     if isinstance(value, dict):
-        return len(value) + sum(k.count(":") + _colons(v) for k, v in value.items())
+        keys: dict[str, Any] = value
+        return len(keys) + sum(k.count(":") + _colons(v) for k, v in keys.items())
     if isinstance(value, list):
         return sum(_colons(v) for v in value)
     return 0
