@@ -76,9 +76,14 @@ class SpillwayAPI(FastAPI):
         except Exception as exc:
             rendered = render(exc)
         metrics.accept_answered(path, rendered[0], rendered[2], time.perf_counter() - started)
-        await send_rendered(send, rendered)
         if rendered[0] == 413:
+            # The rest of the body is not read, so the connection cannot carry another request:
+            # say so, and close once the client has stopped sending (or the bounds are reached).
+            status, headers, body = rendered
+            await send_rendered(send, (status, [*headers, (b"connection", b"close")], body))
             await discard_body(receive)
+            return
+        await send_rendered(send, rendered)
 
 
 async def discard_body(
@@ -87,8 +92,9 @@ async def discard_body(
     """Read and drop what is left of a refused body, within bounds (a lingering close).
 
     Closing with unread data makes the kernel reset the connection, and a client still
-    sending its body then loses the 413 it was sent; reading on for a while lets it arrive.
-    Nothing is kept, so memory stays flat however large the body.
+    sending its body then loses the 413 it was sent; reading on for a while lets it arrive
+    (without it, 8 to 28 of 50 concurrent 10 MB uploads got a reset instead of their 413).
+    Nothing is kept: the connection's read buffer (`serve.HTTP1_BUFFER`) is all it holds.
     """
     dropped = 0
     with contextlib.suppress(TimeoutError):
