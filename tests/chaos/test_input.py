@@ -103,8 +103,8 @@ async def test_bad_input_gets_a_fast_4xx_and_enqueues_nothing(
                 slow.append((name, round(took, 3)))
         sized = [await _upload(run.urls[0], 10 * 2**20, chunked=False) for _ in range(3)]
         chunked = [await _upload(run.urls[0], 10 * 2**20) for _ in range(3)]
-    # Full size only: at 50 x ~1 MiB read before the 413 the margin to 20 MB is thin (22 MB
-    # was measured once on a busy machine: finding 9 in docs/reliability.md).
+    # Full size only: 50 uploads at once, against a 20 MB bound (finding 8 in
+    # docs/reliability.md: 27-38 MB before the read buffer and the reads at once were capped).
     api_rss, storm = 0, [413]
     if size == "full":
         api_rss, storm = await _upload_storm(run.urls[0], stack.apis[run.ports[0]].pid, 50)
