@@ -1,16 +1,21 @@
 """Spillway on a Redis Cluster: shards spread over primaries, replication before the 202.
 
-A primary failover under load is chaos scenario 14 (tests/chaos/test_cluster_faults.py).
+A primary failover under load is chaos scenario 14 (tests/chaos/test_cluster_faults.py); a
+resharding (a shard's slot moved to another primary under load) is tested here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 
+import pytest
 from redis.crc import key_slot
+from tests.procs import output, spawn_worker, stop
 
 from spillway import Settings, Spillway
 from spillway.embedded_cluster import EmbeddedCluster
+from spillway.errors import BrokerUnavailable
 
 
 def owner(cluster: EmbeddedCluster, key: str) -> int:
@@ -85,3 +90,93 @@ async def test_accept_can_wait_for_a_replica_to_have_the_task(
         # Already there when the enqueue returned: the WAIT came before the answer.
         assert c.hget(record, "status") == "queued"
     await app.close()
+
+
+def move_slot(cluster: EmbeddedCluster, slot: int, source_port: int, target_port: int) -> int:
+    """Reshard: move `slot` between primaries key by key, as redis-cli --cluster does.
+
+    The keys go over in small groups with pauses, so work goes on while the slot is split.
+    Returns how many keys moved.
+    """
+    nodes = {n.port: n for n in cluster.nodes}
+    with cluster.client(nodes[source_port]) as src, cluster.client(nodes[target_port]) as dst:
+        source_id = src.execute_command("CLUSTER", "MYID")
+        target_id = dst.execute_command("CLUSTER", "MYID")
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        moved = 0
+        while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 20):
+            src.execute_command("MIGRATE", "127.0.0.1", target_port, "", 0, 5000, "KEYS", *keys)
+            moved += len(keys)
+            time.sleep(0.02)
+        for node in cluster.nodes:
+            with cluster.client(node) as c:
+                c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+    return moved
+
+
+@pytest.mark.slow
+async def test_a_shard_moved_to_another_primary_mid_run_loses_nothing(
+    key_prefix: str, worker_env: dict[str, str]
+) -> None:
+    from tests.apps import core
+
+    with EmbeddedCluster(primaries=3) as cluster:  # its own: this test moves a slot
+        settings = cluster_settings(cluster, key_prefix)
+        app = Spillway(settings)
+        app.tasks.update(core.app.tasks)
+        env = dict(worker_env)
+        for name, value in settings.model_dump().items():
+            env[f"SPILLWAY_{name.upper()}"] = str(value)
+        accepted = [r.task_id for r in await app.enqueue_many([("count", {})] * 600) if r.task_id]
+        assert len(accepted) == 600
+        refused = 0
+        stop_producing = asyncio.Event()
+
+        async def produce() -> None:
+            nonlocal refused
+            while not stop_producing.is_set():
+                try:
+                    accepted.append(await app.enqueue("count", {"seconds": 0.01}))
+                except BrokerUnavailable:  # a 503: refused, nothing written
+                    refused += 1
+                await asyncio.sleep(0.002)
+
+        stream = next(iter(app.broker.streams(["default"])))
+        source = owner(cluster, stream)
+        target = next(n.port for n in cluster.nodes if n.port != source)
+        worker = spawn_worker(env, "--concurrency", "20")
+        producer = asyncio.create_task(produce())
+        try:
+            await asyncio.sleep(0.5)
+            before = len(accepted)
+            moved = await asyncio.to_thread(
+                move_slot, cluster, key_slot(stream.encode()), source, target
+            )
+            during = len(accepted) - before
+            print(f"moved {moved} keys; {during} tasks accepted during the move, {refused} refused")
+            assert during > 0  # writes went on while the slot was split between two nodes
+            await asyncio.sleep(0.5)
+            stop_producing.set()
+            await producer
+            assert owner(cluster, stream) == target
+            assert moved > 100  # the stream, its records and counters went over mid-run
+
+            async def settled() -> bool:
+                statuses = [(await app.broker.get(i) or {}).get("status") for i in accepted]
+                return all(s == "succeeded" for s in statuses)
+
+            deadline = time.monotonic() + 60
+            while not await settled():
+                assert time.monotonic() < deadline, output(worker)[-3000:]
+                await asyncio.sleep(0.2)
+        finally:
+            stop_producing.set()
+            await asyncio.gather(producer, return_exceptions=True)
+            stop(worker)
+        # Nothing accepted was lost; the worker never crashed on a redirect.
+        assert "Traceback" not in output(worker), output(worker)[-3000:]
+        executions = {k: int(v) for k, v in (await app.broker.client.hgetall(
+            f"{key_prefix}:test:runs")).items()}  # fmt: skip
+        assert set(executions) == set(accepted)
+        await app.close()

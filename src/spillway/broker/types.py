@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import (
+    AskError,
     ClusterDownError,
+    MovedError,
     OutOfMemoryError,
     ReadOnlyError,
     ResponseError,
@@ -34,7 +36,11 @@ __all__ = [
 # Errors that mean "Redis cannot take this now", as opposed to a bug in a command. redis-py
 # strips the code from the replies it has a class for (OOM, READONLY, ...), so those are
 # recognised by class, the others by their code.
-_UNAVAILABLE_ERRORS = (OutOfMemoryError, ReadOnlyError, ClusterDownError, TryAgainError)
+# MOVED and ASK count too: a redirect still unresolved after the retries (a slot that keeps
+# moving) is a moment of unavailability, not a bug.
+_UNAVAILABLE_ERRORS = (
+    OutOfMemoryError, ReadOnlyError, ClusterDownError, TryAgainError, MovedError, AskError,
+)  # fmt: skip
 _UNAVAILABLE_REPLIES = (
     "OOM",
     "LOADING",

@@ -134,15 +134,46 @@ class Batch:
                 raise
             for (_, idx), got in zip(by_node.values(), results, strict=True):
                 replies.update(zip(idx, got, strict=True))
+            asked = [i for i in todo if isinstance(replies[i], AskError)]
+            if asked:
+                await self._send_asking(cluster, asked, replies)
             redirected = [
                 i for i in todo if isinstance(replies[i], MovedError | AskError | TryAgainError)
             ]
             if not redirected or attempt == _REDIRECTS:
                 break
-            # The slot map changed (failover, resharding): learn the new one and resend.
-            await cluster.nodes_manager.initialize()
+            if any(isinstance(replies[i], MovedError) for i in redirected):
+                # The slot map changed (failover, end of a resharding): learn the new one.
+                await cluster.nodes_manager.initialize()
+            else:
+                # TRYAGAIN: a script's keys are split between two nodes while their slot
+                # migrates; the next key to move may complete them.
+                await asyncio.sleep(0.05)
             todo = redirected
         return [replies[i] for i in indices]
+
+    async def _send_asking(
+        self, cluster: RedisCluster, indices: list[int], replies: dict[int, Any]
+    ) -> None:
+        """Resend ASK-redirected commands to the node importing their slot, each after ASKING.
+
+        While a slot migrates, the keys already moved live on the importing node, which takes
+        a command about them only when ASKING precedes it; the slot map stays as it is.
+        """
+        by_node: dict[str, tuple[ClusterNode, list[int]]] = {}
+        for i in indices:
+            error: AskError = replies[i]
+            node = cluster.get_node(host=error.host, port=error.port)
+            if node is not None:
+                by_node.setdefault(node.name, (node, []))[1].append(i)
+        for node, idx in by_node.values():
+            conn = node.acquire_connection()
+            try:
+                sent = [c for i in idx for c in (["ASKING"], self.commands[i])]
+                got = await _exchange(conn, sent, self.wait)
+            finally:
+                node.release(conn)
+            replies.update(zip(idx, got[1::2], strict=True))
 
     async def _send_node(self, node: ClusterNode, indices: list[int]) -> list[Any]:
         conn = node.acquire_connection()
