@@ -35,13 +35,16 @@ lock: $(STAMP)  ## re-resolve uv.lock after editing pyproject.toml
 dev: $(STAMP)  ## run the API, a worker and an embedded Redis
 	$(BIN)/spillway dev
 
+# $(call apt_install,PATH,PACKAGE): install Debian's PACKAGE unless PATH is there already.
+apt_install = test -x $(1) || { command -v apt-get >/dev/null \
+	|| { echo "$(1) is missing and apt-get is not available: install $(2)" >&2; exit 1; }; \
+	SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(2); }
+
 # The dashboard tests drive Debian's chromium (via Playwright, never its own downloads).
 CHROMIUM := /usr/bin/chromium
 chromium:  ## install Debian's chromium for the browser tests, if missing
-	@test -x $(CHROMIUM) || { command -v apt-get >/dev/null \
-		|| { echo "$(CHROMIUM) is missing and apt-get is not available: install chromium" >&2; exit 1; }; \
-		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+	@$(call apt_install,$(CHROMIUM),chromium)
 
 test: $(STAMP) chromium  ## run the test suite (all but chaos tests)
 	$(BIN)/pytest -q -m "not chaos" $(PYTEST_ARGS)
@@ -76,10 +79,7 @@ screenshot: $(STAMP) chromium  ## save docs/dashboard.png: the dashboard of `spi
 # The HTTP benchmark drives the servers with Debian's wrk.
 WRK := /usr/bin/wrk
 wrk:  ## install Debian's wrk for the HTTP benchmark, if missing
-	@test -x $(WRK) || { command -v apt-get >/dev/null \
-		|| { echo "$(WRK) is missing and apt-get is not available: install wrk" >&2; exit 1; }; \
-		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk; }
+	@$(call apt_install,$(WRK),wrk)
 
 bench: $(STAMP) wrk  ## run the benchmarks
 	$(BIN)/python -m bench.run
