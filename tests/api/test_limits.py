@@ -71,3 +71,39 @@ async def test_chunked_body_within_the_limit_is_accepted(http: httpx.AsyncClient
     )
 
     assert response.status_code == 202
+
+
+async def test_slow_uploaders_do_not_hold_up_small_requests(
+    api_server: ApiServer, http: httpx.AsyncClient
+) -> None:
+    # More stalled uploads than the large-body reads allowed at once: each has sent all but the
+    # last byte of a small body. Complete small requests must not queue behind them.
+    body = b'{"type": "echo", "payload": {"n": 1}}'
+    head = (
+        b"POST /tasks HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    stalled = []
+    try:
+        for _ in range(8):
+            reader, writer = await asyncio.open_connection("127.0.0.1", api_server.port)
+            writer.write(head + body[:-1])
+            await writer.drain()
+            stalled.append((reader, writer))
+        await asyncio.sleep(0.2)  # let the server start reading every stalled body
+
+        async with asyncio.timeout(5):
+            answers = await asyncio.gather(
+                *(http.post("/tasks", json={"type": "echo", "payload": {"n": i}}) for i in range(8))
+            )
+        assert [a.status_code for a in answers] == [202] * 8
+
+        for reader, writer in stalled:  # the stalled uploads complete and are accepted too
+            writer.write(body[-1:])
+            await writer.drain()
+        async with asyncio.timeout(5):
+            heads = [await reader.readuntil(b"\r\n\r\n") for reader, _ in stalled]
+        assert all(h.startswith(b"HTTP/1.1 202 ") for h in heads)
+    finally:
+        for _, writer in stalled:
+            writer.close()
