@@ -98,7 +98,7 @@ async def test_slow_uploaders_do_not_hold_up_small_requests(
             )
         assert [a.status_code for a in answers] == [202] * 8
 
-        for reader, writer in stalled:  # the stalled uploads complete and are accepted too
+        for _, writer in stalled:  # the stalled uploads complete and are accepted too
             writer.write(body[-1:])
             await writer.drain()
         async with asyncio.timeout(5):
