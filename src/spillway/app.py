@@ -31,7 +31,9 @@ from spillway.tasks import Handler, TaskDef
 __all__ = ["EnqueueItem", "Spillway"]
 
 F = TypeVar("F", bound=Handler)
-_CHUNK = 250  # tasks per accept call in enqueue_many
+# Tasks per accept call in enqueue_many. Chunks are pipelined (Redis runs one while the next
+# is prepared); of 50 to 500, 100 overlapped the two best (~85k tasks/s against ~70k at 250).
+_CHUNK = 100
 TaskRef = str | TaskDef | Handler
 
 
