@@ -462,10 +462,7 @@ def _verdicts(results: dict[int, dict[str, list[Figures]]]) -> list[str]:
             "the HTTP, JSON and validation work of a Python handler alone exceeds the budget"
         )
     else:
-        verdict = (
-            f"which leaves {budget - stub_cpu:.0f} us for the durable write, where it costs "
-            f"{spill_cpu - stub_cpu:.0f} us"
-        )
+        verdict = f"which leaves {budget - stub_cpu:.0f} us for the durable write"
     return [
         "| target (Spillway `POST /tasks`) | measured | |",
         "| --- | --- | --- |",
