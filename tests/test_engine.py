@@ -146,6 +146,29 @@ async def test_result_returns_as_soon_as_the_task_finishes(app: Spillway) -> Non
     await running
 
 
+async def test_stop_completes_when_a_renewal_swallows_its_cancellation(
+    app: Spillway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # During a shutdown, a claim renewal's Redis call once returned normally after its task had
+    # been cancelled (the cancellation swallowed below it); the worker then never exited.
+    renewing = asyncio.Event()
+
+    async def swallowing_renew(self: Worker) -> None:
+        renewing.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(3600)
+
+    monkeypatch.setattr(Worker, "_renew", swallowing_renew)
+    worker = Worker(app)
+    running = asyncio.create_task(worker.run())
+    await asyncio.wait_for(renewing.wait(), 10)
+    worker.stop()
+
+    done, _ = await asyncio.wait({running}, timeout=10)  # fails, not hangs, without the fix
+    assert running in done, "the worker did not stop"
+    await running
+
+
 async def test_result_times_out_for_a_task_that_does_not_finish(app: Spillway) -> None:
     @app.task
     async def never(item: Item) -> None:
