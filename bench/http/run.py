@@ -7,10 +7,12 @@ Starts a throw-away redis-server (AOF on, fsync every second), the seed-faithful
 (`bench.http.seed_app`, FastAPI + BackgroundTasks + sync redis-py, 202 before the write),
 Spillway's API (`spillway.api.serve`, what `spillway api` runs) and the ceiling (the same
 granian server answering 202 with no work, `bench.http.ceiling_app`), all under granian,
-on free loopback ports. Each run measures every target in turn with wrk (one thread, each
-of `--connections`, a warm-up, then `--duration` seconds) on an emptied Redis, then checks
-what reached Redis: every 202 of Spillway's must be a task in its stream; for the seed it
-counts the 202s whose task is not in the stream one second after the load stopped. Every
+on free loopback ports, and two rows for the analysis only: Spillway with its write stubbed
+out, and the floor (the ceiling's server plus one XADD per request, `bench.http.floor_app`).
+Each run measures every target in turn with wrk (one thread, each of `--connections`, a
+warm-up, then `--duration` seconds) on an emptied Redis, then checks what reached Redis:
+every 202 of Spillway's and of the floor's must be in its stream; for the seed it counts
+the 202s whose task is not in the stream one second after the load stopped. Every
 process it started is stopped by its PID. Prints a table and writes the "HTTP accept"
 section of docs/benchmarks.md and docs/benchmarks-data/http.json (for `bench.chart`).
 """
@@ -61,8 +63,10 @@ _SERVE_CEILING = (
     ".serve()"
 )
 RESULTS = ROOT / "docs" / "benchmarks-data" / "http.json"
-SEED, SPILLWAY, STUB, CEILING = "seed", "spillway", "stub", "ceiling"
+SEED, SPILLWAY, STUB, FLOOR, CEILING = "seed", "spillway", "stub", "floor", "ceiling"
 CEILING_APP = "bench.http.ceiling_app:app"
+FLOOR_APP = "bench.http.floor_app:app"
+FLOOR_STREAM = "floor"  # floor_app's stream: one entry per 202
 ANALYSIS = "analysis only:"  # rows that explain the others: in the tables, not in the chart
 
 
@@ -123,8 +127,8 @@ class Server:
 
 @dataclass(frozen=True)
 class Target:
-    """One thing to load: a server, a path and the body to POST; `kind` is seed, spillway or
-    ceiling (what reached Redis is checked for the first two)."""
+    """One thing to load: a server, a path and the body to POST; `kind` is seed, spillway,
+    stub, floor or ceiling (what reached Redis is checked for seed, spillway and floor)."""
 
     label: str
     server: Server
@@ -189,6 +193,8 @@ def written(target: Target, redis_url: str) -> int:
         return asyncio.run(_spillway_backlog(redis_url))
     client = redis.Redis.from_url(redis_url)
     try:
+        if target.kind == FLOOR:  # it writes before answering: nothing is left to wait for
+            return int(client.xlen(FLOOR_STREAM))
         time.sleep(1.0)  # the seed writes after answering: give its background writes 1 s
         return int(client.xlen(SEED_STREAM))
     finally:
@@ -234,7 +240,7 @@ def measure(
         wrk_before.children_user + wrk_before.children_system
     )
     figures.cpu_us["wrk"] = wrk_cpu / requests * 1e6
-    figures.checked = target.kind in (SEED, SPILLWAY)
+    figures.checked = target.kind in (SEED, SPILLWAY, FLOOR)
     if figures.checked:
         figures.lost = max(0, warm.ok + figures.ok - written(target, redis_url))
     return figures
@@ -306,6 +312,16 @@ def ceiling_server(workers: int) -> Server:
     )
 
 
+def floor_server(redis_url: str, workers: int) -> Server:
+    """The ceiling's server plus one coalesced XADD per request before the 202: for the
+    analysis only (what any design that writes to Redis before answering costs here)."""
+    return Server(
+        f"floor-{workers}",
+        [sys.executable, "-c", _SERVE_CEILING, FLOOR_APP, "{port}", str(workers)],
+        {"FLOOR_REDIS_URL": redis_url},
+    )
+
+
 @contextlib.contextmanager
 def started(servers: list[Server], log_dir: Path) -> Iterator[None]:
     try:
@@ -333,6 +349,7 @@ def run(args: argparse.Namespace | None = None) -> Report:
         seed_1, seed_w = seed_server(server.url, 1), seed_server(server.url, w)
         spill = spillway_server(server.url, w)
         stub = stub_server(server.url, w)
+        floor = floor_server(server.url, w)
         ceiling = ceiling_server(w)
         targets = [
             Target(
@@ -356,6 +373,14 @@ def run(args: argparse.Namespace | None = None) -> Report:
                 STUB,
             ),
             Target(
+                f"{ANALYSIS} the ceiling's server plus the least durable write (one coalesced "
+                f"XADD per request, raw connection), {w} processes",
+                floor,
+                "/tasks",
+                task_body,
+                FLOOR,
+            ),
+            Target(
                 f"ceiling: the same server answering 202 with no work, {w} processes",
                 ceiling,
                 "/tasks",
@@ -363,7 +388,7 @@ def run(args: argparse.Namespace | None = None) -> Report:
                 CEILING,
             ),
         ]
-        with started([seed_1, seed_w, spill, stub, ceiling], log_dir):
+        with started([seed_1, seed_w, spill, stub, floor, ceiling], log_dir):
             _measure_all(targets, server, args, results)
         redis_binary = server.binary
     args.load = (load_before, os.getloadavg()[0])
@@ -435,13 +460,14 @@ def _verdicts(results: dict[int, dict[str, list[Figures]]]) -> list[str]:
     """Issue 4's HTTP targets, from the `POST /tasks` row (64 connections where measured)."""
     connections = 64 if 64 in results else min(results)
     by_label = results[connections]
-    labels = list(by_label)
-    spill = by_label[labels[2]]
-    vs_seed = _ratio(spill, by_label[labels[0]])
-    vs_ceiling = _ratio(spill, by_label[labels[-1]])
+    # The rows in `run`'s order (this unpacking fails loudly if that changes).
+    seed_label, _, spill_label, _, stub_label, floor_label, ceiling_label = by_label
+    spill, ceiling = by_label[spill_label], by_label[ceiling_label]
+    vs_seed = _ratio(spill, by_label[seed_label])
+    vs_ceiling = _ratio(spill, ceiling)
     p99 = statistics.median(f.p99_ms for f in spill)
-    bad = sum(f.non2xx + f.socket_errors for c in results.values() for f in c[labels[2]])
-    lost = sum(f.lost for c in results.values() for f in c[labels[2]])
+    bad = sum(f.non2xx + f.socket_errors for c in results.values() for f in c[spill_label])
+    lost = sum(f.lost for c in results.values() for f in c[spill_label])
 
     def met(ok: bool) -> str:
         return "**met**" if ok else "**missed**"
@@ -450,9 +476,11 @@ def _verdicts(results: dict[int, dict[str, list[Figures]]]) -> list[str]:
         label: sum(statistics.median(f.cpu_us[k] for f in runs) for k in runs[0].cpu_us)
         for label, runs in by_label.items()
     }
-    seed_server = statistics.median(f.cpu_us["server"] for f in by_label[labels[0]])
-    ceiling_cpu, spill_cpu, stub_cpu = cpu[labels[-1]], cpu[labels[2]], cpu[labels[-2]]
-    stub_ratio = _ratio(by_label[labels[-2]], by_label[labels[-1]])
+    seed_server = statistics.median(f.cpu_us["server"] for f in by_label[seed_label])
+    ceiling_cpu, spill_cpu, stub_cpu = cpu[ceiling_label], cpu[spill_label], cpu[stub_label]
+    floor_cpu = cpu[floor_label]
+    stub_ratio = _ratio(by_label[stub_label], ceiling)
+    floor_ratio = _ratio(by_label[floor_label], ceiling)
     spill_redis = statistics.median(f.cpu_us["redis"] for f in spill)
     budget = ceiling_cpu / 0.7
     bound = (2e6 / spill_cpu) / (1e6 / seed_server)
@@ -463,6 +491,15 @@ def _verdicts(results: dict[int, dict[str, list[Figures]]]) -> list[str]:
         )
     else:
         verdict = f"which leaves {budget - stub_cpu:.0f} us for the durable write"
+    if floor_ratio < 0.7:
+        floor_verdict = (
+            "so on this machine no design that writes to Redis before its 202 reaches 0.7x, "
+            "however little else it does"
+        )
+    else:
+        floor_verdict = (
+            f"which leaves {budget - floor_cpu:.0f} us for everything but the write itself"
+        )
     return [
         "| target (Spillway `POST /tasks`) | measured | |",
         "| --- | --- | --- |",
@@ -481,12 +518,16 @@ def _verdicts(results: dict[int, dict[str, list[Figures]]]) -> list[str]:
         f"**{bound:.1f}x** the seed.",
         "",
         f"Where the rest of the ceiling goes: the ceiling costs {ceiling_cpu:.0f} us per "
-        f"request in all, so >= 0.7x allows Spillway at most {budget:.0f} us. The analysis "
-        "row runs Spillway's whole accept path (read the body, strict JSON, validate the "
-        "envelope and the payload, build the task, answer) with the Redis write replaced by "
-        f"an instant reply: it costs {stub_cpu:.0f} us and reaches {stub_ratio:.2f}x the "
+        f"request in all, so >= 0.7x allows Spillway at most {budget:.0f} us. The first "
+        "analysis row runs Spillway's whole accept path (read the body, strict JSON, validate "
+        "the envelope and the payload, build the task, answer) with the Redis write replaced "
+        f"by an instant reply: it costs {stub_cpu:.0f} us and reaches {stub_ratio:.2f}x the "
         f"ceiling, {verdict}. The durable write adds {spill_cpu - stub_cpu:.0f} us per "
-        f"request, {spill_redis:.0f} us of it in redis-server, which shares the same 2 CPUs.",
+        f"request, {spill_redis:.0f} us of it in redis-server, which shares the same 2 CPUs. "
+        "The second, the floor, is the ceiling's server with the least durable write there "
+        "is (one XADD of the raw body per request, coalesced, on a raw connection): even "
+        f"with no parsing or validation it costs {floor_cpu:.0f} us and reaches only "
+        f"{floor_ratio:.2f}x the ceiling, {floor_verdict}.",
     ]
 
 
@@ -542,10 +583,15 @@ def _report(
             "idempotency and backlog checks, one Lua script) before its 202. The ceiling is "
             "`bench/http/ceiling_app.py` on `spillway.api.serve.server`, the very granian "
             "server `serve` runs: it reads the body and sends the same 202, doing nothing else.",
-            "- The analysis row is Spillway's API with `BENCH_STUB_WRITE=1` "
-            "(`bench/http/spillway_app.py`): every accept answers at once and writes nothing. "
-            "It is not a way to run Spillway; it shows what the accept path costs without the "
-            "durable write, and so where the gap to the ceiling lies.",
+            "- The analysis rows are not ways to run Spillway; they show where the gap to the "
+            "ceiling lies. The first is Spillway's API with `BENCH_STUB_WRITE=1` "
+            "(`bench/http/spillway_app.py`): every accept answers at once and writes nothing, "
+            "so it shows what the accept path costs without the durable write. The second, the "
+            "floor, is `bench/http/floor_app.py` on the ceiling's server: each `POST` reads the "
+            "body and awaits `XADD floor * d <body>` before the ceiling's 202, the XADDs of "
+            "concurrent requests packed by hiredis into one write on one raw asyncio "
+            "connection per process, so it shows what writing to Redis before answering costs, "
+            "whatever the design; every one of its 202s must be an entry in its stream.",
             "- The last column counts 202 answers whose task Redis did not hold afterwards "
             "(for the seed, one second after the load stopped).",
             "- CPU per request: user + system seconds of the server's processes, of "
