@@ -30,7 +30,7 @@ from spillway import (
     Worker,
 )
 from spillway.broker import GROUP, Delivery
-from spillway.broker.keys import shard_of
+from spillway.broker.keys import new_task_id, shard_of
 from spillway.embedded import EmbeddedRedis
 
 
@@ -269,6 +269,47 @@ async def test_always_failing_task_is_dead_after_all_attempts_and_replay_runs_it
     assert record.status is TaskStatus.SUCCEEDED
     assert record.result == "fixed"
     assert await stream_lengths(app, redis) == 0
+
+
+async def test_a_record_written_before_the_policy_field_keeps_its_policy(
+    app: Spillway, redis: aioredis.Redis
+) -> None:
+    """Records queued by a version that kept the retry policy in four fields of their own still
+    run, retry, time out, dead-letter and replay by that policy, not the task's defaults."""
+    runs: list[float] = []
+
+    @app.task(max_retries=0, timeout=60, retry_base=5, retry_jitter=False)
+    async def legacy(item: Item) -> None:
+        runs.append(time.monotonic())
+        await asyncio.sleep(60)
+
+    await app.connect()
+    task_id = new_task_id()
+    keys = app.broker.keys.for_task(task_id)
+    entry = await redis.xadd(keys.stream("default"), {"id": task_id})
+    await redis.hset(
+        keys.task(task_id),
+        mapping={
+            "id": task_id, "type": "legacy", "queue": "default", "payload": '{"n": 1}',
+            "status": "queued", "max_retries": "2", "timeout": "0.2", "retry_base": "0.05",
+            "retry_cap": "0.1", "created_at": str(int(time.time() * 1000)), "entry": entry,
+        },
+    )  # fmt: skip
+    assert (await app.get(task_id)).max_retries == 2
+
+    await drain(app)
+    record = await app.get(task_id)
+    assert record.status is TaskStatus.DEAD
+    assert record.attempts == 3 == len(runs)  # max_retries 2, not the task's 0
+    # Each run stopped at the record's 0.2 s (not 60 s); the waits were the record's <= 0.1 s.
+    assert runs[-1] - runs[0] < 2.0
+    [(_, letter)] = await redis.xrange(keys.dead("default"))
+    assert (letter["max_retries"], letter["timeout"]) == ("2", "0.2")
+
+    assert await app.replay(task_id) is True
+    replayed = await redis.hgetall(keys.task(task_id))
+    assert replayed["policy"] == "2|0.2|0.05|0.1"
+    assert "max_retries" not in replayed
 
 
 async def test_per_task_timeout_fails_the_run(app: Spillway) -> None:

@@ -52,6 +52,13 @@ def _json(value: str | None) -> Any:
     return None if value is None else orjson.loads(value)
 
 
+def _max_retries(h: dict[str, str]) -> int:
+    """From the record's 'max_retries|timeout|retry_base|retry_cap' policy field, or from the
+    field of its own that records written before the policy field have."""
+    policy = h.get("policy")
+    return int(policy.split("|", 1)[0] if policy else h.get("max_retries", 0))
+
+
 class TaskRecord(BaseModel):
     """The status record of one task, as stored in Redis."""
 
@@ -85,7 +92,7 @@ class TaskRecord(BaseModel):
             queue=h["queue"],
             status=TaskStatus(h["status"]),
             attempts=int(h.get("attempts", 0)),
-            max_retries=int(h.get("max_retries", 0)),
+            max_retries=_max_retries(h),
             payload=_json(h.get("payload")),
             result=_json(h.get("result")),
             error=h.get("error") or None,

@@ -263,19 +263,28 @@ class Broker(Admin):
         if deadline is not None:
             script_deadline = min(script_deadline, deadline)
 
+        policies: dict[tuple[int, float, float, float], str] = {}
+
         def build(pipe: Batch) -> None:
             for k, idx in by_shard.items():
                 shard = self.keys.shard(k)
                 keys: list[str] = []
                 args: list[Any] = [limit, self._idempotency_ttl_ms, script_deadline]
+                # Most tasks of a batch share their queue and policy: their key names and the
+                # policy's text are made once per batch (formatting floats is not cheap).
+                queue_keys: dict[str, tuple[str, str]] = {}
                 for i in idx:
                     r = requests[i]
                     idem = shard.idempotency(r.idempotency_key) if r.idempotency_key else shard.base
-                    keys += (shard.task(r.task_id), shard.stream(r.queue), shard.due(r.queue), idem)
+                    qk = queue_keys.get(r.queue)
+                    if qk is None:
+                        qk = queue_keys[r.queue] = (shard.stream(r.queue), shard.due(r.queue))
+                    keys += (shard.task(r.task_id), *qk, idem)
                     args += (
                         r.task_id, r.type, r.queue, r.payload,
                         r.fingerprint if r.idempotency_key else "", r.delay_ms,
-                        f"{r.max_retries}|{r.timeout}|{r.retry_base}|{r.retry_cap}",
+                        policies.get((r.max_retries, r.timeout, r.retry_base, r.retry_cap))
+                        or _policy(policies, r),
                     )  # fmt: skip
                 self.scripts.queue(pipe, "accept", keys, args)
 
@@ -476,16 +485,17 @@ class Broker(Admin):
         for idx, items in zip(by_stream.values(), replies, strict=True):
             for i, item in zip(idx, items, strict=True):
                 if item[0] == "run":
+                    max_retries, timeout, retry_base, retry_cap = str(item[4]).split("|")
                     out[i] = Started(
                         delivery=deliveries[i],
                         type=item[1],
                         payload=item[2],
                         attempts=int(item[3]),
-                        max_retries=int(item[4]),
-                        timeout=float(item[5]),
-                        retry_base=as_float(item[6]),
-                        retry_cap=as_float(item[7]),
-                        created_at_ms=as_int(item[8]),
+                        max_retries=int(max_retries),
+                        timeout=float(timeout),
+                        retry_base=as_float(retry_base),
+                        retry_cap=as_float(retry_cap),
+                        created_at_ms=as_int(item[5]),
                     )
         return out
 
@@ -563,6 +573,13 @@ class Broker(Admin):
 
         result: int = await self._run(run)
         return result
+
+
+def _policy(known: dict[tuple[int, float, float, float], str], r: AcceptRequest) -> str:
+    """The record's policy field, 'max_retries|timeout|retry_base|retry_cap', kept in `known`."""
+    key = (r.max_retries, r.timeout, r.retry_base, r.retry_cap)
+    text = known[key] = f"{r.max_retries}|{r.timeout}|{r.retry_base}|{r.retry_cap}"
+    return text
 
 
 def _give_up(batch: list[_Waiting], budget: float) -> None:

@@ -4,7 +4,8 @@
 -- ARGV[1] group   ARGV[2] result TTL (ms)   ARGV[3] completion channel prefix
 -- ARGV[4..] the stream entry id of each delivery, in the order of KEYS[4..]
 -- Returns one item per delivery:
---   {'run', type, payload, attempts, max_retries, timeout, retry_base, retry_cap, created_at}
+--   {'run', type, payload, attempts, policy, created_at}, the policy as
+--   'max_retries|timeout|retry_base|retry_cap' (the last two may be empty: the task's own)
 --   {'skip'}  the entry is stale (task terminal, cancelled, missing or already acknowledged)
 --   {'dead'}  deliveries exceeded the attempt limit (the process running it kept dying), or the
 --             entry names no task record (malformed): moved to the dead-letter stream unrun
@@ -14,8 +15,9 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
 for i = 4, #KEYS do
   local record, entry = KEYS[i], ARGV[i]
-  local r = redis.call('HMGET', record, 'status', 'entry', 'type', 'payload', 'max_retries',
-    'timeout', 'prior_attempts', 'id', 'retry_base', 'retry_cap', 'created_at', 'queue')
+  local r = redis.call('HMGET', record, 'status', 'entry', 'type', 'payload', 'policy',
+    'prior_attempts', 'id', 'created_at', 'queue', 'max_retries', 'timeout', 'retry_base',
+    'retry_cap')
   local status = r[1]
   local pending = redis.call('XPENDING', stream, group, entry, entry, 1)
   if not status and #pending > 0 then
@@ -32,25 +34,30 @@ for i = 4, #KEYS do
     redis.call('XDEL', stream, entry)
     out[#out + 1] = {'skip'}
   else
-    local attempts = (tonumber(r[7]) or 0) + tonumber(pending[1][4])  -- prior_attempts: 0 if unset
-    local limit = tonumber(r[5]) + 1
+    local attempts = (tonumber(r[6]) or 0) + tonumber(pending[1][4])  -- prior_attempts: 0 if unset
+    -- Records written before the policy field keep its four parts in fields of their own.
+    local policy = r[5] or ((r[10] or '0') .. '|' .. (r[11] or '') .. '|' .. (r[12] or '') ..
+      '|' .. (r[13] or ''))
+    local max_retries, timeout = string.match(policy, '^([^|]*)|([^|]*)')
+    local limit = tonumber(max_retries) + 1
     if attempts > limit then
       local err = 'WorkerLost: the process running this task died on each of its ' ..
         limit .. ' attempts'
-      local letter = redis.call('XADD', dead, '*', 'id', r[8], 'type', r[3], 'queue', r[12],
-        'payload', r[4], 'error', err, 'traceback', '', 'attempts', limit, 'max_retries', r[5],
-        'timeout', r[6], 'created_at', r[11], 'failed_at', now)
+      local letter = redis.call('XADD', dead, '*', 'id', r[7], 'type', r[3], 'queue', r[9],
+        'payload', r[4], 'error', err, 'traceback', '', 'attempts', limit,
+        'max_retries', max_retries, 'timeout', timeout, 'created_at', r[8] or '',
+        'failed_at', now)
       redis.call('HSET', record, 'status', 'dead', 'attempts', limit, 'error', err,
         'finished_at', now, 'entry', '', 'dead_letter', letter)
       redis.call('PEXPIRE', record, ARGV[2])
       redis.call('XACK', stream, group, entry)
       redis.call('XDEL', stream, entry)
-      redis.call('PUBLISH', ARGV[3] .. r[8], 'dead')
+      redis.call('PUBLISH', ARGV[3] .. r[7], 'dead')
       redis.call('HINCRBY', counters, r[3] .. '|dead', 1)
       out[#out + 1] = {'dead'}
     else
       redis.call('HSET', record, 'status', 'running', 'attempts', attempts, 'started_at', now)
-      out[#out + 1] = {'run', r[3], r[4], attempts, r[5], r[6], r[9], r[10], r[11]}
+      out[#out + 1] = {'run', r[3], r[4], attempts, policy, r[8] or ''}
     end
   end
 end
