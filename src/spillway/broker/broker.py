@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from redis.asyncio import Redis
@@ -39,7 +39,7 @@ from spillway.broker.types import (
     unavailable,
 )
 from spillway.broker.waiters import Waiters
-from spillway.broker.wire import Batch, refresh_slots
+from spillway.broker.wire import Batch, Pipes, refresh_slots
 from spillway.errors import BrokerUnavailable, ConfigurationError, EvictionPolicyError
 from spillway.settings import Settings
 
@@ -79,6 +79,10 @@ class Broker(Admin):
             max_connections=64,
         )
         self.cluster = isinstance(self.client, RedisCluster)
+        # Script batches to a single server go over connections of their own (see wire.py).
+        self._pipes = (
+            Pipes(self.client, settings.redis_timeout) if isinstance(self.client, Redis) else None
+        )
         self._gate: asyncio.Semaphore | contextlib.nullcontext[None] = (
             asyncio.Semaphore(64) if self.cluster else contextlib.nullcontext()
         )
@@ -92,11 +96,15 @@ class Broker(Admin):
         self._accept_timer: asyncio.TimerHandle | None = None
         self._clock_offset_ms = 0.0
         self._accept_flusher: asyncio.Task[None] | None = None
+        # The policy field's text by (max_retries, timeout, retry_base, retry_cap).
+        self._policies: dict[tuple[int, float, float, float], str] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def close(self) -> None:
         await self.waiters.close()
+        if self._pipes is not None:
+            await self._pipes.close()
         for client in (self.client, self.blocking):
             if isinstance(client, Redis):
                 # The pool was passed in explicitly, so the client would not close it by itself.
@@ -263,7 +271,9 @@ class Broker(Admin):
         if deadline is not None:
             script_deadline = min(script_deadline, deadline)
 
-        policies: dict[tuple[int, float, float, float], str] = {}
+        policies = self._policies
+        if len(policies) > 256:  # per-request overrides: keep the cache small
+            policies.clear()
 
         def build(pipe: Batch) -> None:
             for k, idx in by_shard.items():
@@ -312,11 +322,12 @@ class Broker(Admin):
         batch = Batch(s.wait_replicas, int(s.wait_timeout * 1000)) if replicated else Batch()
         build(batch)
         async with self._guard():
-            replies = await batch.send(self.client)
+            target = self._pipes or cast(RedisCluster, self.client)
+            replies = await batch.send(target)
             missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
             if missing:  # a restarted or flushed Redis: those calls did nothing, so resend them
                 await self.scripts.load(self.client)
-                resent = await batch.send(self.client, missing)
+                resent = await batch.send(target, missing)
                 for i, r in zip(missing, resent, strict=True):
                     replies[i] = r
         for r in replies:
