@@ -492,8 +492,8 @@ def _verdicts(results: dict[int, dict[str, list[Figures]]]) -> list[str]:
     bound = (2e6 / spill_cpu) / (1e6 / seed_server)
     if stub_cpu > budget:
         verdict = (
-            "so the 0.7x target is out of reach on this machine before anything is written: "
-            "the HTTP, JSON and validation work of a Python handler alone exceeds the budget"
+            "so Spillway's HTTP, JSON and validation work alone exceeds the 0.7x budget on "
+            "this machine, before anything is written"
         )
     else:
         verdict = f"which leaves {budget - stub_cpu:.0f} us for the durable write"
@@ -537,8 +537,9 @@ def _verdicts(results: dict[int, dict[str, list[Figures]]]) -> list[str]:
         "",
         "What is within reach: the two analysis rows measure separate costs, and a durable "
         "accept pays both, Spillway's own accept work (the stub's time per request over the "
-        "ceiling's) and the least durable write (the floor's over the ceiling's). Added to the "
-        f"ceiling's {1e6 / ceiling_rps:.0f} us per request they make {1e6 / within:.0f} us, "
+        "ceiling's) and the least durable write (the floor's over the ceiling's). In wall time "
+        "per request (one over the requests/s), added to the ceiling's "
+        f"{1e6 / ceiling_rps:.0f} us they make {1e6 / within:.0f} us, "
         f"**{within:,.0f} requests/s**: {within / ceiling_rps:.2f}x the ceiling and "
         f"{within / seed_rps:.1f}x the seed, against Spillway's {vs_ceiling:.2f}x and "
         f"{vs_seed:.1f}x. Past that bound a design must do less per request than Spillway's "
