@@ -8,7 +8,7 @@ import itertools
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -303,11 +303,11 @@ async def test_a_record_written_before_the_policy_field_keeps_its_policy(
     assert record.attempts == 3 == len(runs)  # max_retries 2, not the task's 0
     # Each run stopped at the record's 0.2 s (not 60 s); the waits were the record's <= 0.1 s.
     assert runs[-1] - runs[0] < 2.0
-    [(_, letter)] = await redis.xrange(keys.dead("default"))
-    assert (letter["max_retries"], letter["timeout"]) == ("2", "0.2")
+    letters = cast(list[tuple[str, dict[str, str]]], await redis.xrange(keys.dead("default")))
+    assert [(f["max_retries"], f["timeout"]) for _, f in letters] == [("2", "0.2")]
 
     assert await app.replay(task_id) is True
-    replayed = await redis.hgetall(keys.task(task_id))
+    replayed = cast(dict[str, str], await redis.hgetall(keys.task(task_id)))
     assert replayed["policy"] == "2|0.2|0.05|0.1"
     assert "max_retries" not in replayed
 
