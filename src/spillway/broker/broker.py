@@ -280,8 +280,8 @@ class Broker(Admin):
                 shard = self.keys.shard(k)
                 keys: list[str] = []
                 args: list[Any] = [limit, self._idempotency_ttl_ms, script_deadline]
-                # Most tasks of a batch share their queue and policy: their key names and the
-                # policy's text are made once per batch (formatting floats is not cheap).
+                # Most tasks of a batch share their queue and policy: the queue's key names are
+                # made once per batch, a policy's text once (formatting floats is not cheap).
                 queue_keys: dict[str, tuple[str, str]] = {}
                 for i in idx:
                     r = requests[i]
