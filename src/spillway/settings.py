@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     )
     max_batch: int = Field(default=1000, ge=1, le=10_000, description="Tasks per batch request.")
     max_batch_bytes: int = Field(default=16_777_216, ge=1024)
+    body_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a request body may take to arrive once it has begun; then 408.",
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
-from tests.api.servers import ApiServer
+import pytest
+from tests.api.servers import ApiServer, serving
+
+from spillway.embedded import EmbeddedRedis
 
 LIMIT = 1_048_576  # the default max_payload_bytes
 
@@ -104,6 +108,53 @@ async def test_slow_uploaders_do_not_hold_up_small_requests(
         async with asyncio.timeout(5):
             heads = [await reader.readuntil(b"\r\n\r\n") for reader, _ in stalled]
         assert all(h.startswith(b"HTTP/1.1 202 ") for h in heads)
+    finally:
+        for _, writer in stalled:
+            writer.close()
+
+
+@pytest.fixture(scope="module")
+def impatient_server(
+    redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ApiServer]:
+    """An API server that waits at most 1 s for the rest of a large body."""
+    env = {"SPILLWAY_BODY_TIMEOUT": "1"}
+    yield from serving(redis_server.url, tmp_path_factory.mktemp("api"), env)
+
+
+async def test_stalled_large_uploads_get_408_and_free_their_reads(
+    impatient_server: ApiServer,
+) -> None:
+    # More stalled uploads than the large-body reads a process allows at once, each with half
+    # of a 200 KB body sent. Each is answered 408 with its connection closed, and a complete
+    # large request that arrives behind them is read and accepted.
+    body = b'{"type": "echo", "payload": {"blob": "%s"}}' % (b"x" * 200_000)
+    head = (
+        b"POST /tasks HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    stalled = []
+    try:
+        for _ in range(6):
+            reader, writer = await asyncio.open_connection("127.0.0.1", impatient_server.port)
+            writer.write(head + body[: len(body) // 2])
+            await writer.drain()
+            stalled.append((reader, writer))
+        started = time.monotonic()
+        async with (
+            httpx.AsyncClient(base_url=impatient_server.url, timeout=10.0) as http,
+            asyncio.timeout(8),
+        ):
+            answer = await http.post(
+                "/tasks", content=body, headers={"content-type": "application/json"}
+            )
+            assert answer.status_code == 202
+            for reader, _ in stalled:
+                response = await reader.read()  # the whole answer, then the server's close
+                assert response.startswith(b"HTTP/1.1 408 ")
+                assert b"connection: close" in response.lower()
+                assert b"urn:spillway:problem:request-timeout" in response
+        assert time.monotonic() - started < 6  # the 1 s bound, not the clients' patience
     finally:
         for _, writer in stalled:
             writer.close()

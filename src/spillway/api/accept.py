@@ -48,6 +48,7 @@ class Accept:
         self.max_batch = s.max_batch
         self.max_depth = s.max_json_depth
         self.default_type = s.default_task_type
+        self.body_timeout = s.body_timeout
 
     async def submit(self, scope: Scope, receive: Receive, caller: str) -> Rendered:
         """One task from ``{"type": ..., "payload": ...}``."""
@@ -138,7 +139,7 @@ class Accept:
 
     async def _read_json(self, scope: Scope, receive: Receive, limit: int) -> Any:
         content_length = _check_headers(scope, limit)
-        body = await read_body(receive, limit, content_length)
+        body = await read_body(receive, limit, content_length, self.body_timeout)
         return parse_json(body, self.max_depth)
 
 
@@ -176,8 +177,16 @@ _SMALL_BODY = 64 * 1024
 _large_reads: asyncio.Semaphore | None = None
 
 
-async def read_body(receive: Receive, limit: int, expected: int | None = None) -> bytes:
-    """The request body, refused with 413 as soon as more than `limit` bytes have arrived."""
+async def read_body(
+    receive: Receive, limit: int, expected: int | None = None, timeout: float = 30.0
+) -> bytes:
+    """The request body, refused with 413 as soon as more than `limit` bytes have arrived.
+
+    A body that needs the large-read path must arrive within `timeout` seconds of taking its
+    permit, or it is refused with 408: without the bound, four clients that stop sending
+    mid-body would hold every permit of the process for as long as they keep their
+    connections open, and every large request after them would wait with them.
+    """
     global _large_reads
     message = await receive()
     if message["type"] != "http.request":
@@ -187,7 +196,8 @@ async def read_body(receive: Receive, limit: int, expected: int | None = None) -
         return body  # the whole body in one message
     if len(body) <= _SMALL_BODY:
         # Granian sends a body that arrived whole as itself, then an empty last message:
-        # the common case, read without the semaphore.
+        # the common case, read without the semaphore (and without a timer: a small body
+        # still on its way holds no permit and no more than its first part).
         message = await receive()
         if message["type"] != "http.request":
             raise ClientGone
@@ -200,11 +210,18 @@ async def read_body(receive: Receive, limit: int, expected: int | None = None) -
     async with _large_reads:
         buffer = bytearray(body)
         del body
-        while len(buffer) <= limit and message.get("more_body", False):
-            message = await receive()
-            if message["type"] != "http.request":
-                raise ClientGone
-            buffer += message.get("body", b"")
+        try:
+            async with asyncio.timeout(timeout):
+                while len(buffer) <= limit and message.get("more_body", False):
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        raise ClientGone
+                    buffer += message.get("body", b"")
+        except TimeoutError:
+            del buffer
+            raise HTTPProblem(
+                408, "request-timeout", f"the request body did not arrive within {timeout:g} s"
+            ) from None
         if len(buffer) > limit:
             del buffer  # before the 413 is sent and the rest of the body drained
             raise HTTPProblem(

@@ -76,12 +76,14 @@ class SpillwayAPI(FastAPI):
         except Exception as exc:
             rendered = render(exc)
         metrics.accept_answered(path, rendered[0], rendered[2], time.perf_counter() - started)
-        if rendered[0] == 413:
+        if rendered[0] in (408, 413):
             # The rest of the body is not read, so the connection cannot carry another request:
-            # say so, and close once the client has stopped sending (or the bounds are reached).
+            # say so, and close once the client has stopped sending (or the bounds are reached;
+            # a client too slow to send its body is not waited for again).
             status, headers, body = rendered
             await send_rendered(send, (status, [*headers, (b"connection", b"close")], body))
-            await discard_body(receive)
+            if status == 413:
+                await discard_body(receive)
             return
         await send_rendered(send, rendered)
 

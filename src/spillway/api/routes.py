@@ -43,7 +43,7 @@ def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ProblemDoc, "description": "A problem document."} for code in codes}
 
 
-_ACCEPT_PROBLEMS = _problems(400, 401, 413, 415, 422, 429, 503)
+_ACCEPT_PROBLEMS = _problems(400, 401, 408, 413, 415, 422, 429, 503)
 _LOCATION = {
     "Location": {"description": "The task's status resource.", "schema": {"type": "string"}}
 }
@@ -98,7 +98,7 @@ def add_accept_routes(api: FastAPI, fast: dict[str, AcceptHandler]) -> None:
         tags=["tasks"],
         summary="Submit many tasks in one request",
         response_model=BatchResult,
-        responses=_problems(400, 401, 413, 415, 422, 503),
+        responses=_problems(400, 401, 408, 413, 415, 422, 503),
         openapi_extra={"requestBody": body("NewBatch")},
         description="Writes every valid task in one Redis round trip; each task is accepted or "
         "rejected on its own, and `results` follows the order of `tasks`.",
