@@ -30,6 +30,22 @@ async def _exchange(server: ApiServer, head: bytes, body_parts: list[bytes]) -> 
         await writer.wait_closed()
 
 
+Stalled = list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]
+
+
+async def _stall(server: ApiServer, body: bytes, sent: int, count: int, into: Stalled) -> None:
+    """Open `count` uploads of `body` that send its first `sent` bytes and no more."""
+    head = (
+        b"POST /tasks HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    for _ in range(count):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(head + body[:sent])
+        await writer.drain()
+        into.append((reader, writer))
+
+
 async def test_declared_size_over_the_limit_is_413_before_any_body_is_sent(
     api_server: ApiServer,
 ) -> None:
@@ -83,17 +99,9 @@ async def test_slow_uploaders_do_not_hold_up_small_requests(
     # More stalled uploads than the large-body reads allowed at once: each has sent all but the
     # last byte of a small body. Complete small requests must not queue behind them.
     body = b'{"type": "echo", "payload": {"n": 1}}'
-    head = (
-        b"POST /tasks HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n\r\n" % len(body)
-    )
-    stalled = []
+    stalled: Stalled = []
     try:
-        for _ in range(8):
-            reader, writer = await asyncio.open_connection("127.0.0.1", api_server.port)
-            writer.write(head + body[:-1])
-            await writer.drain()
-            stalled.append((reader, writer))
+        await _stall(api_server, body, len(body) - 1, 8, stalled)
         await asyncio.sleep(0.2)  # let the server start reading every stalled body
 
         async with asyncio.timeout(5):
@@ -129,17 +137,9 @@ async def test_stalled_large_uploads_get_408_and_free_their_reads(
     # of a 200 KB body sent. Each is answered 408 with its connection closed, and a complete
     # large request that arrives behind them is read and accepted.
     body = b'{"type": "echo", "payload": {"blob": "%s"}}' % (b"x" * 200_000)
-    head = (
-        b"POST /tasks HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n\r\n" % len(body)
-    )
-    stalled = []
+    stalled: Stalled = []
     try:
-        for _ in range(6):
-            reader, writer = await asyncio.open_connection("127.0.0.1", impatient_server.port)
-            writer.write(head + body[: len(body) // 2])
-            await writer.drain()
-            stalled.append((reader, writer))
+        await _stall(impatient_server, body, len(body) // 2, 6, stalled)
         started = time.monotonic()
         async with (
             httpx.AsyncClient(base_url=impatient_server.url, timeout=10.0) as http,
