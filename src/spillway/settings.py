@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     body_timeout: float = Field(
         default=30.0,
         gt=0,
-        description="Seconds a request body may take to arrive once it has begun; then 408.",
+        description="Seconds the rest of a request body over 64 KiB may take to arrive; then 408.",
     )
 
     @field_validator("api_keys", mode="before")

@@ -177,9 +177,7 @@ _SMALL_BODY = 64 * 1024
 _large_reads: asyncio.Semaphore | None = None
 
 
-async def read_body(
-    receive: Receive, limit: int, expected: int | None = None, timeout: float = 30.0
-) -> bytes:
+async def read_body(receive: Receive, limit: int, expected: int | None, timeout: float) -> bytes:
     """The request body, refused with 413 as soon as more than `limit` bytes have arrived.
 
     A body that needs the large-read path must arrive within `timeout` seconds of taking its

@@ -106,7 +106,9 @@ class _Pipe(asyncio.Protocol):
     it) when a batch fails, times out or is cancelled, as the connection's state is unknown.
     """
 
-    def __init__(self, conn: AbstractConnection, transport: asyncio.Transport) -> None:
+    def __init__(
+        self, conn: AbstractConnection, transport: asyncio.Transport, stream: tuple[object, ...]
+    ) -> None:
         encoder = conn.encoder
         options: dict[str, Any] = {"replyError": BaseParser.parse_error}  # e.g. NoScriptError
         if encoder.decode_responses:
@@ -115,7 +117,8 @@ class _Pipe(asyncio.Protocol):
         self.transport = transport
         self.where = conn._host_error()  # host:port, or the socket's path
         self.closed = False
-        self.stream: tuple[object, ...] = ()
+        # The stream's objects, kept: collecting the writer would close the transport.
+        self.stream = stream
         self._future: asyncio.Future[list[Any]] | None = None
         self._replies: list[Any] = []
         self._expected = 0
@@ -221,11 +224,9 @@ class Pipes:
             await conn.disconnect()
             raise RuntimeError("redis-py's connection has no stream writer to take over")
         transport = cast(asyncio.Transport, writer.transport)
-        pipe = _Pipe(conn, transport)
+        pipe = _Pipe(conn, transport, (conn._reader, writer))
         transport.set_protocol(pipe)
-        # The pipe keeps the stream's objects (collecting the writer would close the transport)
-        # and the connection object lets go of them (collecting it would close them too).
-        pipe.stream = (conn._reader, writer)
+        # The connection object lets go of the stream (collecting it would close it too).
         conn._reader = conn._writer = None
         self._open.add(pipe)
         return pipe
