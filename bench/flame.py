@@ -39,7 +39,7 @@ __all__ = ["TITLE", "run"]
 TITLE = "Flame graphs"
 DOCS = ROOT / "docs"
 BACKLOG = 200_000
-NATIVE = "native code: uvloop, granian (Rust), system calls"
+NATIVE = "native code: uvloop, httptools, system calls"
 OTHER = "other Python: our code outside the parts above, asyncio, library glue"
 # Where the samples of each path go: the first part with a marker in any frame of a sample's
 # stack ("leaf:" markers: in its innermost frame only, for wrappers such as metrics.timed_run).
@@ -47,7 +47,7 @@ ACCEPT_PARTS = {
     "validate + serialise (pydantic, orjson)": ("Spillway.prepare", "model_validate"),
     "write to Redis (coalesced pipeline, redis-py, hiredis)": ("Broker._flush_accepts",),
     "read the body, parse JSON": ("Accept._read_json",),
-    "answer (granian send)": ("send_rendered",),
+    "answer (uvicorn send)": ("send_rendered",),
     "metrics": ("accept_answered", "task_accepted"),
 }
 WORKER_PARTS = {
@@ -91,7 +91,14 @@ def record_both(pid: int, seconds: float, svg: Path, subprocesses: bool) -> Path
     return raw
 
 
-_ENTRY_FRAMES = ("lifespan_worker", "run_until_complete", "Runner.run", "run_worker", "uvloop")
+_ENTRY_FRAMES = (
+    "subprocess_started",
+    "Server.run",
+    "run_until_complete",
+    "Runner.run",
+    "run_worker",
+    "uvloop",
+)
 
 
 def _marked(frames: list[str], marker: str) -> bool:
@@ -103,8 +110,8 @@ def _marked(frames: list[str], marker: str) -> bool:
 def shares(raw: Path, parts: dict[str, tuple[str, ...]]) -> dict[str, float]:
     """Share of the samples of the app's processes spent in each part.
 
-    A sample whose innermost Python frame is the entry point (granian's worker, the event
-    loop's run) was running native code below it: uvloop, granian's Rust, system calls.
+    A sample whose innermost Python frame is the entry point (uvicorn's server process, the
+    event loop's run) was running native code below it: uvloop, httptools, system calls.
     """
     counts: collections.Counter[str] = collections.Counter()
     total = 0
@@ -113,8 +120,8 @@ def shares(raw: Path, parts: dict[str, tuple[str, ...]]) -> dict[str, float]:
         if not n.isdigit():
             continue
         frames = [f for f in stack.split(";") if not f.startswith(("process ", "thread "))]
-        if not any(m in f for f in frames for m in ("lifespan_worker", "run_worker")):
-            continue  # granian's parent process
+        if not any(m in f for f in frames for m in ("subprocess_started", "run_worker")):
+            continue  # uvicorn's parent process
         total += int(n)
         for name, markers in parts.items():
             if any(_marked(frames, m) for m in markers):
@@ -199,7 +206,7 @@ def run(args: argparse.Namespace | None = None) -> Report:
             "",
             "py-spy sees Python frames: time in native code shows under the Python frame "
             "that called it, so the SVGs show the native share as the width of the entry "
-            "frames (granian's worker, the event loop's run) with nothing above them.",
+            "frames (uvicorn's server process, the event loop's run) with nothing above them.",
             "",
             "- Command: `python -m bench.flame` (`make bench` runs it as "
             "`python -m bench.run flame`); needs py-spy (bench dependency group).",

@@ -302,7 +302,7 @@ def _report(
             "",
             f"- Command: `{command}` (`make bench` runs it as `python -m bench.run latency`).",
             f"- The worker: `{' '.join(['python', *worker_command()[1:]])}`; the API: "
-            "`spillway.api.serve` (granian, HTTP/1.1, uvloop), 2 processes.",
+            "`spillway.api.serve` (uvicorn, HTTP/1.1 on httptools, uvloop), 2 processes.",
             "- The generator, the API, the worker and Redis share the machine's "
             f"{os.cpu_count()} CPUs with other work: load average (1 min) "
             f"{args.load[0]:.1f} when the runs started, {args.load[1]:.1f} when they ended.",

@@ -1,6 +1,6 @@
 """Prometheus metrics, scraped from the real endpoints while tasks flow.
 
-`spillway api --workers 2` serves ``/metrics`` (two granian processes behind one port, so the
+`spillway api --workers 2` serves ``/metrics`` (two uvicorn processes behind one port, so the
 counts only add up if the multiprocess directory works); `spillway worker --processes 2
 --metrics-port` serves the workers' figures from their supervisor.
 """
@@ -115,7 +115,7 @@ async def app(stack: Stack) -> AsyncIterator[Spillway]:
 
 
 async def submit(client: httpx.AsyncClient, body: dict[str, object]) -> httpx.Response:
-    # A new connection per request, so both granian processes get some of them.
+    # A new connection per request, so both uvicorn processes get some of them.
     return await client.post("/tasks", json=body, headers={"Connection": "close"})
 
 

@@ -1,6 +1,6 @@
 """The ceiling of the HTTP accept benchmark: the server Spillway runs, answering 202 with no work.
 
-A bare ASGI application served by `spillway.api.serve.server` (the same granian options and
+A bare ASGI application served by `spillway.api.serve.server` (the same uvicorn options and
 process count as Spillway's API): it reads the request body and sends the same 202 answer
 Spillway sends (same headers, same size), without parsing, validating or writing anything.
 """

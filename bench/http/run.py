@@ -6,7 +6,7 @@
 Starts a throw-away redis-server (AOF on, fsync every second), the seed-faithful baseline
 (`bench.http.seed_app`, FastAPI + BackgroundTasks + sync redis-py, 202 before the write),
 Spillway's API (`spillway.api.serve`, what `spillway api` runs) and the ceiling (the same
-granian server answering 202 with no work, `bench.http.ceiling_app`), all under granian,
+uvicorn server answering 202 with no work, `bench.http.ceiling_app`), all under uvicorn,
 on free loopback ports, and two rows for the analysis only: Spillway with its write stubbed
 out, and the floor (the ceiling's server plus one XADD per request, `bench.http.floor_app`).
 Each run measures every target in turn with wrk (one thread, each of `--connections`, a
@@ -56,7 +56,7 @@ _SERVE_SPILLWAY = (
     "import sys; from spillway.api import serve; "
     "serve(sys.argv[1], host='127.0.0.1', port=int(sys.argv[2]), workers=int(sys.argv[3]))"
 )
-# The ceiling runs on the very server `serve` builds: same granian options, same process count.
+# The ceiling runs on the very server `serve` builds: same uvicorn options, same process count.
 _SERVE_CEILING = (
     "import sys; from spillway.api.serve import server; "
     "server(sys.argv[1], host='127.0.0.1', port=int(sys.argv[2]), workers=int(sys.argv[3]))"
@@ -252,16 +252,16 @@ def seed_server(redis_url: str, workers: int) -> Server:
         [
             sys.executable,
             "-m",
-            "granian",
-            "--interface",
-            "asgi",
+            "uvicorn",
             "--workers",
             str(workers),
             "--http",
-            "1",
-            "--no-ws",
+            "httptools",
+            "--ws",
+            "none",
             "--loop",
-            "auto",
+            "uvloop",
+            "--no-access-log",
             "--log-level",
             "warning",
             "--host",
@@ -590,15 +590,16 @@ def _report(
             *_verdicts(results),
             "",
             f"- Command: `{command}` (needs `wrk`: `apt-get install -y wrk`).",
-            "- Servers: granian (HTTP/1.1, uvloop) for every target; the seed design once as it "
-            f"is written (one process) and once with the {args.workers} processes Spillway gets, "
-            "for a like-for-like comparison. The seed design is `bench/http/seed_app.py` "
+            "- Servers: uvicorn (HTTP/1.1 on httptools, uvloop) for every target; the seed "
+            "design once as it is written (one process) and once with the "
+            f"{args.workers} processes Spillway gets, for a like-for-like comparison. "
+            "The seed design is `bench/http/seed_app.py` "
             "(its `POST /process` verbatim: pydantic model, "
             "`BackgroundTasks`, a module-level sync redis-py client, `XADD MAXLEN ~ 100000` after "
             "the 202); Spillway is `spillway.api.serve` (what `spillway api` runs) serving "
             "`bench/http/spillway_app.py`, writing each task durably (record + stream entry, "
             "idempotency and backlog checks, one Lua script) before its 202. The ceiling is "
-            "`bench/http/ceiling_app.py` on `spillway.api.serve.server`, the very granian "
+            "`bench/http/ceiling_app.py` on `spillway.api.serve.server`, the very uvicorn "
             "server `serve` runs: it reads the body and sends the same 202, doing nothing else.",
             "- The analysis rows are not ways to run Spillway; they show where the gap to the "
             "ceiling lies. The first is Spillway's API with `BENCH_STUB_WRITE=1` "

@@ -194,7 +194,7 @@ def api(
     serve = _import_serve()
     if serve is None:
         raise ConfigurationError("the HTTP API (spillway.api) is not part of this installation")
-    # Several granian processes write their metrics to one directory, and /metrics sums them;
+    # Several server processes write their metrics to one directory, and /metrics sums them;
     # one process keeps them in memory, which costs the accept path less.
     shared = metrics.private_multiproc_dir() if workers > 1 else contextlib.nullcontext()
     with shared:

@@ -6,7 +6,7 @@ Two kinds of figures, from two places:
   succeeded, failed, retried and dead-lettered (worker processes), and the accept, run and
   queue-wait histograms. Each process records them with `prometheus_client`. When
   ``PROMETHEUS_MULTIPROC_DIR`` is set, every process writes its values to files in that
-  directory and any endpoint reading the directory reports their sum, so several granian
+  directory and any endpoint reading the directory reports their sum, so several server
   workers behind one port, or a supervisor's worker processes, add up instead of answering
   with whichever process the scrape reached. `spillway api`, `spillway worker --processes P`
   and `spillway dev` create a private directory for their processes when it is unset (see

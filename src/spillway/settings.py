@@ -75,6 +75,11 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds the rest of a request body over 64 KiB may take to arrive; then 408.",
     )
+    head_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a request's line and headers may take to arrive; then 408.",
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod

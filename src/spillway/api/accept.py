@@ -193,8 +193,8 @@ async def read_body(receive: Receive, limit: int, expected: int | None, timeout:
     if not message.get("more_body", False) and len(body) <= limit:
         return body  # the whole body in one message
     if len(body) <= _SMALL_BODY:
-        # Granian sends a body that arrived whole as itself, then an empty last message:
-        # the common case, read without the semaphore (and without a timer: a small body
+        # A body whose second part is its last: the common case of a body that arrived in
+        # two reads, read without the semaphore (and without a timer: a small body
         # still on its way holds no permit and no more than its first part).
         message = await receive()
         if message["type"] != "http.request":

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -78,34 +76,13 @@ class SpillwayAPI(FastAPI):
         metrics.accept_answered(path, rendered[0], rendered[2], time.perf_counter() - started)
         if rendered[0] in (408, 413):
             # The rest of the body is not read, so the connection cannot carry another request:
-            # say so, and close once the client has stopped sending (or the bounds are reached;
-            # a client too slow to send its body is not waited for again).
+            # say so. The server reads on and drops what the client still sends before it
+            # closes, so the client gets this answer rather than a reset (a lingering close,
+            # `spillway.api.protocol`).
             status, headers, body = rendered
             await send_rendered(send, (status, [*headers, (b"connection", b"close")], body))
-            if status == 413:
-                await discard_body(receive)
             return
         await send_rendered(send, rendered)
-
-
-async def discard_body(
-    receive: Receive, max_bytes: int = 64 << 20, max_seconds: float = 5.0
-) -> None:
-    """Read and drop what is left of a refused body, within bounds (a lingering close).
-
-    Closing with unread data makes the kernel reset the connection, and a client still
-    sending its body then loses the 413 it was sent; reading on for a while lets it arrive
-    (without it, 8 to 28 of 50 concurrent 10 MB uploads got a reset instead of their 413).
-    Nothing is kept: the connection's read buffer (`serve.HTTP1_BUFFER`) is all it holds.
-    """
-    dropped = 0
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(max_seconds):
-            while dropped <= max_bytes:
-                message = await receive()
-                if message["type"] != "http.request" or not message.get("more_body", False):
-                    return
-                dropped += len(message.get("body", b""))
 
 
 async def send_rendered(send: Send, rendered: Rendered) -> None:

@@ -1,6 +1,6 @@
-"""`serve`: run the HTTP API of a Spillway application under granian (what `spillway api` does).
+"""`serve`: run the HTTP API of a Spillway application under uvicorn (what `spillway api` does).
 
-Granian starts its worker processes on its own, so each one builds the application from a
+uvicorn starts its worker processes on its own, so each one builds the application from a
 factory here, which imports the application named in ``SPILLWAY_API_APP``.
 """
 
@@ -8,31 +8,32 @@ from __future__ import annotations
 
 import gc
 import os
-from typing import TYPE_CHECKING, Any
+import signal
+from types import FrameType
+from typing import Any
 
 from fastapi import FastAPI
 
+from spillway.api.protocol import ServerConfig
 from spillway.errors import ConfigurationError
 from spillway.loading import load_app
+from spillway.settings import Settings
 
-if TYPE_CHECKING:
-    from granian.server.common import AbstractServer
+__all__ = ["APP_ENV", "HEAD_LIMIT", "Server", "build", "serve", "server"]
 
-__all__ = ["APP_ENV", "HTTP1_BUFFER", "build", "serve", "server"]
-
-#: The environment variable that tells granian's workers which application to serve.
+#: The environment variable that tells the server's processes which application to serve.
 APP_ENV = "SPILLWAY_API_APP"
 
-#: The most a connection's read buffer may hold (hyper's default is 408 KiB; it also bounds the
-#: request head). A body streaming in grows the buffer to this size, and with 50 concurrent
-#: 10 MB uploads those buffers and the chunks cut from them grew the API by 23-34 MB, in
-#: granian's allocator, which kept the memory afterwards. At 64 KiB the same uploads grow it by
-#: 12-15 MB. Bodies under 64 KiB are read as before; a 900 KB body ~5 % slower.
-HTTP1_BUFFER = 64 * 1024
+#: The largest request head (request line and headers) accepted; larger ones get 431.
+HEAD_LIMIT = 64 * 1024
+
+#: Seconds a stopping process gives the requests in flight before it closes their connections
+#: (without a bound, one client that never finishes its request keeps the process running).
+GRACEFUL_SHUTDOWN = 10
 
 
 def build() -> FastAPI:
-    """Granian's factory: the API of the application named in ``SPILLWAY_API_APP``."""
+    """The server's factory: the API of the application named in ``SPILLWAY_API_APP``."""
     from spillway.api.app import create_app
 
     app_ref = os.environ.get(APP_ENV)
@@ -52,35 +53,89 @@ def serve(app_ref: str, *, host: str = "127.0.0.1", port: int = 8000, workers: i
     The application is imported once here first, so a wrong reference fails at once with a
     clear message instead of inside every worker.
     """
-    load_app(app_ref)
+    settings = load_app(app_ref).settings
     os.environ[APP_ENV] = app_ref
-    server("spillway.api.serve:build", host=host, port=port, workers=workers, factory=True).serve()
+    server(
+        "spillway.api.serve:build",
+        host=host,
+        port=port,
+        workers=workers,
+        factory=True,
+        settings=settings,
+    ).serve()
+
+
+class Server:
+    """A configured uvicorn server: `serve` runs it in this process or as ``workers`` processes
+    sharing one listening socket, until SIGTERM or SIGINT."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+
+    def serve(self) -> None:
+        import uvicorn
+        from uvicorn.supervisors import Multiprocess
+
+        if self.config.workers > 1:
+            sock = self.config.bind_socket()
+            Multiprocess(self.config, sockets=[sock]).run()
+            return
+        # uvicorn stops gracefully on SIGTERM or SIGINT, then raises the signal again for the
+        # handler it found in place. With the default one the process would end killed by the
+        # signal; a stop that was asked for ends with status 0.
+        previous = {sig: signal.signal(sig, _ignore) for sig in _STOP_SIGNALS}
+        try:
+            uvicorn.Server(self.config).run()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    """Stands in for the default handler while uvicorn serves (see `Server.serve`)."""
 
 
 def server(
-    target: str, *, host: str, port: int, workers: int, factory: bool = False
-) -> AbstractServer[Any]:
-    """The granian server `serve` runs, for any ASGI `target` (the benchmarks' ceiling uses it).
+    target: str,
+    *,
+    host: str,
+    port: int,
+    workers: int,
+    factory: bool = False,
+    settings: Settings | None = None,
+) -> Server:
+    """The uvicorn server `serve` runs, for any ASGI `target` (the benchmarks' ceiling uses it).
 
-    HTTP/1.1 only, uvloop, no websockets and no access log, and a read buffer of at most
-    `HTTP1_BUFFER` per connection. Granian's other options were measured and left at their
-    defaults: ``task_impl="rust"`` raised the p99 tenfold, the rloop event loop was no faster,
-    and one runtime thread per worker suits two cores.
+    HTTP/1.1 on httptools and uvloop, no websockets, no access log and no proxy headers, with
+    the request head bounded in size (`HEAD_LIMIT`) and time (``settings.head_timeout``) and a
+    lingering close after a refused body (`spillway.api.protocol`). uvicorn over granian: on
+    this 2-CPU machine it answered 1.7x more bare requests and Spillway's ~30 % more
+    (docs/benchmarks.md, "HTTP accept").
     """
-    from granian import Granian
-    from granian.constants import HTTPModes, Interfaces, Loops
-    from granian.http import HTTP1Settings
-
-    return Granian(
-        target,
-        address=host,
-        port=port,
-        interface=Interfaces.ASGI,
-        workers=workers,
-        loop=Loops.auto,
-        http=HTTPModes.http1,
-        http1_settings=HTTP1Settings(max_buffer_size=HTTP1_BUFFER),
-        websockets=False,
-        factory=factory,
-        log_access=False,
+    settings = settings or Settings()
+    extra: dict[str, Any] = {}
+    if workers > 1:
+        extra["workers"] = workers
+    return Server(
+        ServerConfig(
+            target,
+            head_limit=HEAD_LIMIT,
+            head_timeout=settings.head_timeout,
+            host=host,
+            port=port,
+            factory=factory,
+            loop="uvloop",
+            ws="none",
+            lifespan="on",
+            interface="asgi3",
+            log_config=None,
+            access_log=False,
+            proxy_headers=False,
+            server_header=False,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+            **extra,
+        )
     )

@@ -1,0 +1,189 @@
+"""`BoundedProtocol`: uvicorn's httptools protocol with the bounds a public front door needs.
+
+uvicorn with httptools is the fastest server measured here (docs/benchmarks.md, "HTTP
+accept"), but it leaves three things to the application that a surge must not be able to
+exploit. This protocol bounds them per connection:
+
+* **The size of a request head.** httptools gathers a header of any size in memory: 50
+  requests with 8 MB headers grew a process by ~350 MB. A head past `ServerConfig.head_limit`
+  bytes gets ``431`` and its connection is closed.
+* **The time a request head may take.** A client sending its head a byte at a time held its
+  connection for ever. A head that has not arrived `ServerConfig.head_timeout` seconds after
+  its first byte (or after the connection opened) gets ``408`` and its connection is closed.
+  Idle keep-alive connections are closed by uvicorn's own keep-alive timeout, as before.
+* **The close after a refused body.** uvicorn closes a connection as soon as an answer with
+  ``Connection: close`` is sent; a client still sending its body then gets a reset in place of
+  its ``413``. Here the connection reads on and drops what arrives (a lingering close) until
+  the client closes or pauses for `LINGER_IDLE` seconds, `LINGER_BYTES` have been dropped,
+  or uvicorn's keep-alive timeout (5 s) has passed since the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from http import HTTPStatus
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from spillway.api.problems import HTTPProblem, render
+
+__all__ = ["LINGER_BYTES", "BoundedProtocol", "ServerConfig"]
+
+#: The most a lingering close reads and drops before it closes anyway.
+LINGER_BYTES = 64 << 20
+#: A lingering close ends when the client has sent nothing for this many seconds.
+LINGER_IDLE = 1.0
+
+
+class ServerConfig(uvicorn.Config):
+    """uvicorn's settings plus the bounds of `BoundedProtocol` (pickled to every process)."""
+
+    def __init__(self, app: Any, *, head_limit: int, head_timeout: float, **kwargs: Any) -> None:
+        super().__init__(app, http=BoundedProtocol, **kwargs)
+        self.head_limit = head_limit
+        self.head_timeout = head_timeout
+
+
+class _Transport:
+    """The connection's transport, whose `close` lingers while the client is still sending."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: BoundedProtocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+        # What each request calls, bound once: as fast as calling the transport itself.
+        self.write = transport.write
+        self.is_closing = transport.is_closing
+        self.pause_reading = transport.pause_reading
+        self.resume_reading = transport.resume_reading
+
+    def close(self) -> None:
+        if self._protocol.start_lingering():
+            return
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class BoundedProtocol(HttpToolsProtocol):
+    """HTTP/1.1 with a bounded request head (size and time) and a lingering close."""
+
+    def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
+        super().__init__(config, *args, **kwargs)
+        self._head_limit: int = getattr(config, "head_limit", 64 * 1024)
+        self._head_timeout: float = getattr(config, "head_timeout", 10.0)
+        self._in_head = True  # the next bytes belong to a request head
+        self._head_bytes = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._lingering = False
+        self._dropped = 0
+        self._linger_timer: asyncio.TimerHandle | None = None
+        self._socket: asyncio.Transport  # the transport itself, whose close does not linger
+
+    # Connection events
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._socket = transport
+        super().connection_made(_Transport(transport, self))  # type: ignore[arg-type]
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+        super().connection_lost(exc)
+
+    def eof_received(self) -> None:
+        if self._lingering:
+            self._close_now()
+
+    def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            self._dropped += len(data)
+            if self._dropped > LINGER_BYTES:
+                self._close_now()
+            else:
+                self._arm_linger_timer()
+            return
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if self._in_head and self._head_bytes > self._head_limit:
+            self._refuse(431, f"the request head is larger than {self._head_limit} bytes")
+
+    # Parser callbacks
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._head_timer is None:
+            self._arm_head_timer()
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._cancel_head_timer()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head = True
+        self._head_bytes = 0
+
+    # The bounds
+
+    def start_lingering(self) -> bool:
+        """Called when uvicorn closes: linger if an answer went out before its request's body
+        was all received (true when lingering begins, and while it lasts)."""
+        if self._lingering:
+            return False  # the end of the linger: close for real
+        cycle = self.cycle
+        if (
+            cycle is None
+            or not cycle.response_complete
+            or not cycle.more_body
+            or self.transport.is_closing()
+        ):
+            return False
+        self._lingering = True
+        self.flow.resume_reading()
+        self._arm_linger_timer()
+        return True
+
+    def _arm_linger_timer(self) -> None:
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+        self._linger_timer = self.loop.call_later(LINGER_IDLE, self._close_now)
+
+    def _close_now(self) -> None:
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
+        self._lingering = False
+        self._socket.close()
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(self._head_timeout, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._in_head and not self.transport.is_closing():
+            self._refuse(408, f"the request head did not arrive within {self._head_timeout:g} s")
+
+    def _refuse(self, status: int, detail: str) -> None:
+        """Answer a request the application never saw with a problem document, and close."""
+        self._cancel_head_timer()
+        slug = "request-timeout" if status == 408 else "request-header-too-large"
+        _, headers, body = render(HTTPProblem(status, slug, detail))
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode())]
+        lines += [name + b": " + value + b"\r\n" for name, value in headers]
+        lines.append(b"connection: close\r\n\r\n")
+        self.transport.write(b"".join(lines) + body)
+        self._lingering = False
+        self._socket.close()

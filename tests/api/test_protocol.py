@@ -1,0 +1,138 @@
+"""The server's own bounds (`spillway.api.protocol`): request heads bounded in size and time,
+and a lingering close, so a refused upload gets its answer and not a reset."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from tests.api.servers import ApiServer, serving
+
+from spillway.api.serve import HEAD_LIMIT
+from spillway.embedded import EmbeddedRedis
+
+
+@pytest.fixture(scope="module")
+def hasty_server(
+    redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ApiServer]:
+    """An API server that waits at most 1 s for a request head."""
+    env = {"SPILLWAY_HEAD_TIMEOUT": "1"}
+    yield from serving(redis_server.url, tmp_path_factory.mktemp("api"), env)
+
+
+async def _answer(reader: asyncio.StreamReader) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    async with asyncio.timeout(5):
+        return await reader.read()
+
+
+async def _head(reader: asyncio.StreamReader) -> bytes:
+    """The head of the server's answer."""
+    async with asyncio.timeout(5):
+        return await reader.readuntil(b"\r\n\r\n")
+
+
+async def test_a_head_over_the_limit_gets_431_and_the_server_serves_on(
+    api_server: ApiServer, http: httpx.AsyncClient
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", api_server.port)
+    try:
+        big = b"a" * (HEAD_LIMIT + 16 * 1024)  # never followed by the end of the head
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: test\r\nX-Big: " + big)
+        await writer.drain()
+        answer = await _answer(reader)
+    finally:
+        writer.close()
+
+    assert answer.startswith(b"HTTP/1.1 431 ")
+    assert b"content-type: application/problem+json" in answer
+    assert b"connection: close" in answer
+    assert b"urn:spillway:problem:request-header-too-large" in answer
+    assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_a_head_just_under_the_limit_is_served(http: httpx.AsyncClient) -> None:
+    response = await http.get("/healthz", headers={"x-big": "a" * (HEAD_LIMIT - 1024)})
+
+    assert response.status_code == 200
+
+
+async def test_a_head_sent_a_byte_at_a_time_gets_408_at_the_deadline(
+    hasty_server: ApiServer,
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", hasty_server.port)
+    started = time.monotonic()
+    answer = asyncio.ensure_future(_head(reader))
+    try:
+        trickle = b"GET /healthz HTTP/1.1\r\nHost: test\r\nX-Slow: " + b"a" * 200
+        for byte in trickle:  # a byte every 50 ms: 12 s for all, never a complete head
+            if answer.done():
+                break
+            writer.write(bytes([byte]))
+            await asyncio.wait([answer], timeout=0.05)
+        head = await answer
+    finally:
+        writer.close()
+
+    assert head.startswith(b"HTTP/1.1 408 ")
+    assert b"content-type: application/problem+json" in head
+    assert 0.9 <= time.monotonic() - started < 4  # the 1 s deadline
+
+
+async def test_a_connection_that_sends_nothing_is_closed_at_the_deadline(
+    hasty_server: ApiServer,
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", hasty_server.port)
+    started = time.monotonic()
+    try:
+        answer = await _answer(reader)
+    finally:
+        writer.close()
+
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert 0.9 <= time.monotonic() - started < 4  # the 1 s deadline
+
+
+async def test_a_slow_long_poll_is_not_cut_by_the_head_deadline(hasty_server: ApiServer) -> None:
+    # The deadline bounds the head only: a request whose answer takes longer is unaffected.
+    async with httpx.AsyncClient(base_url=hasty_server.url, timeout=10.0) as http:
+        accepted = await http.post("/tasks", json={"type": "echo", "payload": {"n": 1}})
+        started = time.monotonic()
+        response = await http.get(f"/tasks/{accepted.json()['task_id']}", params={"wait": 2})
+
+    assert response.status_code == 200
+    assert response.json()["status"] == "queued"
+    assert time.monotonic() - started >= 1.9
+
+
+async def test_concurrent_oversized_uploads_each_get_their_413(api_server: ApiServer) -> None:
+    # Each client sends the whole of a body four times over the limit, as a client that does
+    # not wait for 100-continue does. The server answers 413 at once and reads on to drop the
+    # rest; closing with the body unread would reset the connection, and the client would
+    # lose its answer.
+    body = b'{"type": "echo", "payload": "' + b"a" * (4 << 20) + b'"}'
+    head = (
+        b"POST /tasks HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+
+    async def upload() -> str:
+        reader, writer = await asyncio.open_connection("127.0.0.1", api_server.port)
+        try:
+            writer.write(head + body)
+            await writer.drain()
+            answer = await _answer(reader)
+            return answer[:13].decode()
+        except ConnectionError as exc:
+            return type(exc).__name__
+        finally:
+            writer.close()
+
+    outcomes = Counter(await asyncio.gather(*(upload() for _ in range(20))))
+
+    assert outcomes == {"HTTP/1.1 413 ": 20}
