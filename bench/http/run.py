@@ -295,6 +295,31 @@ def spillway_server(redis_url: str, workers: int) -> Server:
     )
 
 
+def _granian(app: str, workers: int, factory: bool = False) -> list[str]:
+    """granian serving `app` as Spillway served its API before it moved to uvicorn: HTTP/1.1,
+    uvloop, no websockets, a 64 KiB read buffer."""
+    return [
+        sys.executable, "-m", "granian", "--interface", "asgi", "--workers", str(workers),
+        "--http", "1", "--no-ws", "--loop", "uvloop", "--http1-buffer-size", "65536",
+        "--log-level", "warning", *(["--factory"] if factory else []),
+        "--host", "127.0.0.1", "--port", "{port}", app,
+    ]  # fmt: skip
+
+
+def granian_spillway_server(redis_url: str, workers: int) -> Server:
+    """Spillway's API, the same application, under granian: for the analysis only (the
+    server choice, measured in the same run)."""
+    server = spillway_server(redis_url, workers)
+    server.name = f"spillway-granian-{workers}"
+    server.command = _granian("spillway.api.serve:build", workers, factory=True)
+    server.env["SPILLWAY_API_APP"] = "bench.http.spillway_app:app"
+    return server
+
+
+def granian_ceiling_server(workers: int) -> Server:
+    return Server(f"ceiling-granian-{workers}", _granian(CEILING_APP, workers), {})
+
+
 def stub_server(redis_url: str, workers: int) -> Server:
     """Spillway's API with the Redis write replaced by an instant "ok": for the analysis only
     (what the HTTP, JSON and validation work costs without the durable write)."""
@@ -351,6 +376,8 @@ def run(args: argparse.Namespace | None = None) -> Report:
         stub = stub_server(server.url, w)
         floor = floor_server(server.url, w)
         ceiling = ceiling_server(w)
+        spill_granian = granian_spillway_server(server.url, w)
+        ceiling_granian = granian_ceiling_server(w)
         targets = [
             Target(
                 "seed design, 1 process (as the seed runs it)", seed_1, "/process", seed_body, SEED
@@ -387,8 +414,24 @@ def run(args: argparse.Namespace | None = None) -> Report:
                 task_body,
                 CEILING,
             ),
+            Target(
+                f"{ANALYSIS} Spillway `POST /tasks` under granian (the server it ran on "
+                f"before), {w} processes",
+                spill_granian,
+                "/tasks",
+                task_body,
+                SPILLWAY,
+            ),
+            Target(
+                f"{ANALYSIS} granian answering 202 with no work (its own ceiling), {w} processes",
+                ceiling_granian,
+                "/tasks",
+                task_body,
+                CEILING,
+            ),
         ]
-        with started([seed_1, seed_w, spill, stub, floor, ceiling], log_dir):
+        servers = [seed_1, seed_w, spill, stub, floor, ceiling, spill_granian, ceiling_granian]
+        with started(servers, log_dir):
             _measure_all(targets, server, args, results)
         redis_binary = server.binary
     args.load = (load_before, os.getloadavg()[0])
@@ -461,7 +504,9 @@ def _verdicts(results: dict[int, dict[str, list[Figures]]]) -> list[str]:
     connections = 64 if 64 in results else min(results)
     by_label = results[connections]
     # The rows in `run`'s order (this unpacking fails loudly if that changes).
-    seed_label, _, spill_label, _, stub_label, floor_label, ceiling_label = by_label
+    labels = list(by_label)
+    seed_label, _, spill_label, _, stub_label, floor_label, ceiling_label = labels[:7]
+    granian_spill, granian_ceiling = (by_label[label] for label in labels[7:9])
     spill, ceiling = by_label[spill_label], by_label[ceiling_label]
     vs_seed = _ratio(spill, by_label[seed_label])
     vs_ceiling = _ratio(spill, ceiling)
@@ -545,6 +590,16 @@ def _verdicts(results: dict[int, dict[str, list[Figures]]]) -> list[str]:
         f"{vs_seed:.1f}x. Past that bound a design must do less per request than Spillway's "
         "accept path does (strict JSON, two validations, idempotency and backlog checks, a "
         "status record beside the stream entry), not write more cleverly.",
+        "",
+        "The server, measured in the same run: under granian (the last two rows), the same "
+        f"application answered {statistics.median(f.rps for f in granian_spill):,.0f} "
+        f"requests/s, {_ratio(granian_spill, by_label[seed_label]):.1f}x the seed, and "
+        f"granian's own ceiling was {statistics.median(f.rps for f in granian_ceiling):,.0f}: "
+        f"uvicorn answered {_ratio(spill, granian_spill):.2f}x as many of Spillway's "
+        f"requests and {_ratio(ceiling, granian_ceiling):.2f}x as many bare ones. A faster "
+        "server lowers the ratio to its own ceiling while it raises every absolute figure: "
+        f"Spillway under granian was {_ratio(granian_spill, granian_ceiling):.2f}x granian's "
+        "ceiling.",
     ]
 
 
