@@ -73,7 +73,10 @@ class Settings(BaseSettings):
     body_timeout: float = Field(
         default=30.0,
         gt=0,
-        description="Seconds the rest of a request body over 64 KiB may take to arrive; then 408.",
+        description=(
+            "Seconds the rest of a request body over 64 KiB may take to arrive, and the longest"
+            " a body of any size may pause; then 408."
+        ),
     )
     head_timeout: float = Field(
         default=10.0,

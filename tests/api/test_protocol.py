@@ -20,8 +20,8 @@ from spillway.embedded import EmbeddedRedis
 def hasty_server(
     redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ApiServer]:
-    """An API server that waits at most 1 s for a request head."""
-    env = {"SPILLWAY_HEAD_TIMEOUT": "1"}
+    """An API server that waits at most 1 s for a request head, or for a body to move."""
+    env = {"SPILLWAY_HEAD_TIMEOUT": "1", "SPILLWAY_BODY_TIMEOUT": "1"}
     yield from serving(redis_server.url, tmp_path_factory.mktemp("api"), env)
 
 
@@ -96,6 +96,33 @@ async def test_a_connection_that_sends_nothing_is_closed_at_the_deadline(
 
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert 0.9 <= time.monotonic() - started < 4  # the 1 s deadline
+
+
+async def test_a_small_body_that_stops_arriving_gets_408_and_the_server_serves_on(
+    hasty_server: ApiServer,
+) -> None:
+    # A body small enough to be read without the large-read bound: the server's own pause
+    # bound answers for it.
+    body = b'{"type": "echo", "payload": {"n": 1}}'
+    head = (
+        b"POST /tasks HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", hasty_server.port)
+    started = time.monotonic()
+    try:
+        writer.write(head + body[:-1])  # all but the last byte, then nothing
+        await writer.drain()
+        answer = await _answer(reader)
+    finally:
+        writer.close()
+
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert b"urn:spillway:problem:request-timeout" in answer
+    assert 0.9 <= time.monotonic() - started < 4  # the 1 s bound
+    async with httpx.AsyncClient(base_url=hasty_server.url, timeout=10.0) as http:
+        accepted = await http.post("/tasks", json={"type": "echo", "payload": {"n": 2}})
+    assert accepted.status_code == 202
 
 
 async def test_a_slow_long_poll_is_not_cut_by_the_head_deadline(hasty_server: ApiServer) -> None:

@@ -12,6 +12,10 @@ exploit. This protocol bounds them per connection:
   its first byte (or after the connection opened) gets ``408`` and its connection is closed,
   within a quarter of the timeout (at most 1 s) after the deadline. Idle keep-alive
   connections are closed by uvicorn's own keep-alive timeout, as before.
+* **The pauses in a request body.** A client that stops sending its body, of any size, gets
+  ``408`` once nothing has arrived for `ServerConfig.body_timeout` seconds (time the server
+  itself held the body back by flow control does not count); the application then sees the
+  client gone. (The application bounds the whole read of a body over 64 KiB itself.)
 * **The close after a refused body.** uvicorn closes a connection as soon as an answer with
   ``Connection: close`` is sent; a client still sending its body then gets a reset in place of
   its ``413``. Here the connection reads on and drops what arrives (a lingering close) until
@@ -45,10 +49,19 @@ LINGER_IDLE = 1.0
 class ServerConfig(uvicorn.Config):
     """uvicorn's settings plus the bounds of `BoundedProtocol` (pickled to every process)."""
 
-    def __init__(self, app: Any, *, head_limit: int, head_timeout: float, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        app: Any,
+        *,
+        head_limit: int,
+        head_timeout: float,
+        body_timeout: float,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(app, http=BoundedProtocol, **kwargs)
         self.head_limit = head_limit
         self.head_timeout = head_timeout
+        self.body_timeout = body_timeout
 
 
 class _Transport:
@@ -93,28 +106,35 @@ class _Transport:
         return getattr(self._transport, name)
 
 
-class _HeadClock:
-    """One per process: ticks every `period` seconds and has each connection whose request
-    head is overdue refused. A request only notes the tick its head began at."""
+class _Clock:
+    """One per process: ticks every `period` seconds and checks each connection's deadlines.
+    A request only notes the tick its head began at, and the tick its body last moved."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, connections: set[Any], timeout: float):
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        connections: set[Any],
+        head_timeout: float,
+        body_timeout: float,
+    ) -> None:
         self.loop = loop
         self.connections = connections
-        self.period = min(1.0, timeout / 4)
-        self.ticks = math.ceil(timeout / self.period)  # a head may take this many whole ticks
+        self.period = min(1.0, head_timeout / 4, body_timeout / 4)
+        # A head, or a pause in a body, may last this many whole ticks.
+        self.head_ticks = math.ceil(head_timeout / self.period)
+        self.body_ticks = math.ceil(body_timeout / self.period)
         self.tick = 0
         loop.call_later(self.period, self._run)
 
     def _run(self) -> None:
         self.tick += 1
-        overdue = self.tick - self.ticks - 1
         for connection in list(self.connections):
             if isinstance(connection, BoundedProtocol):
-                connection.check_head(overdue)
+                connection.check_deadlines(self.tick)
         self.loop.call_later(self.period, self._run)
 
 
-_clock: _HeadClock | None = None
+_clock: _Clock | None = None
 
 
 class BoundedProtocol(HttpToolsProtocol):
@@ -125,12 +145,15 @@ class BoundedProtocol(HttpToolsProtocol):
         super().__init__(config, *args, **kwargs)
         self._head_limit: int = getattr(config, "head_limit", 64 * 1024)
         self._head_timeout: float = getattr(config, "head_timeout", 10.0)
+        self._body_timeout: float = getattr(config, "body_timeout", 30.0)
         if _clock is None or _clock.loop is not self.loop:
-            _clock = _HeadClock(self.loop, self.connections, self._head_timeout)
+            _clock = _Clock(self.loop, self.connections, self._head_timeout, self._body_timeout)
         self._clock = _clock
         self._in_head = True  # the next bytes belong to a request head
         self._head_bytes = 0
         self._head_since: int | None = None  # the tick the head under way began at
+        self._in_body = False  # a request's body is under way
+        self._body_seen = 0  # the tick its last bytes arrived at
         self._lingering = False
         self._dropped = 0
         self._linger_timer: asyncio.TimerHandle | None = None
@@ -163,6 +186,8 @@ class BoundedProtocol(HttpToolsProtocol):
             return
         if self._in_head:
             self._head_bytes += len(data)
+        else:
+            self._body_seen = self._clock.tick
         super().data_received(data)
         if self._in_head and self._head_bytes > self._head_limit:
             self._refuse(431, f"the request head is larger than {self._head_limit} bytes")
@@ -177,20 +202,36 @@ class BoundedProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_since = None
+        self._in_body = True
+        self._body_seen = self._clock.tick
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._in_head = True
         self._head_bytes = 0
+        self._in_body = False
 
     # The bounds
 
-    def check_head(self, overdue: int) -> None:
-        """Refuse the request under way if its head began at tick `overdue` or before."""
+    def check_deadlines(self, tick: int) -> None:
+        """Refuse the request under way if its head has taken too long, or its body has not
+        moved for too long (while the server was reading it: a body held back by flow
+        control, because the application is not reading yet, is not the client's pause)."""
+        if self._socket.is_closing() or self._lingering:
+            return
         since = self._head_since
-        if since is not None and since <= overdue and not self._socket.is_closing():
+        if since is not None and tick - since > self._clock.head_ticks:
             self._refuse(408, f"the request head did not arrive within {self._head_timeout:g} s")
+            return
+        if not self._in_body:
+            return
+        if self.flow.read_paused:
+            self._body_seen = tick
+        elif tick - self._body_seen > self._clock.body_ticks:
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_started:
+                self._refuse(408, f"the request body stopped arriving for {self._body_timeout:g} s")
 
     def start_lingering(self) -> bool:
         """Called when uvicorn closes: linger if an answer went out before its request's body
@@ -225,6 +266,7 @@ class BoundedProtocol(HttpToolsProtocol):
     def _refuse(self, status: int, detail: str) -> None:
         """Answer a request the application never saw with a problem document, and close."""
         self._head_since = None
+        self._in_body = False
         slug = "request-timeout" if status == 408 else "request-header-too-large"
         _, headers, body = render(HTTPProblem(status, slug, detail))
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode())]

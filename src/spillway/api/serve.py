@@ -124,6 +124,7 @@ def server(
             target,
             head_limit=HEAD_LIMIT,
             head_timeout=settings.head_timeout,
+            body_timeout=settings.body_timeout,
             host=host,
             port=port,
             factory=factory,
