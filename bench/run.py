@@ -25,7 +25,7 @@ from bench.chart import write_chart
 BENCHMARKS = {
     "drain": "bench.drain",
     "peers": "bench.peers.cli",  # the Python peers side by side; ~17 min (3 rounds)
-    "http": "bench.http.run",  # the HTTP accept path beside the seed design; ~8 min
+    "http": "bench.http.run",  # the HTTP accept path beside the seed design; ~14 min
     "latency": "bench.latency",  # accept-to-done at 1,000 and 5,000 tasks/s; ~2 min
     "cost": "bench.cost",  # Redis bytes per task, CPU seconds per 10,000 tasks; ~1 min
     "flame": "bench.flame",  # py-spy flame graphs of the accept path and the worker loop
