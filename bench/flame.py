@@ -39,7 +39,7 @@ __all__ = ["TITLE", "run"]
 TITLE = "Flame graphs"
 DOCS = ROOT / "docs"
 BACKLOG = 200_000
-NATIVE = "native code: uvloop, httptools, system calls"
+NATIVE = "native code: uvloop, C extensions (httptools in the API), system calls"
 OTHER = "other Python: our code outside the parts above, asyncio, library glue"
 # Where the samples of each path go: the first part with a marker in any frame of a sample's
 # stack ("leaf:" markers: in its innermost frame only, for wrappers such as metrics.timed_run).
