@@ -31,6 +31,17 @@ async def _answer(reader: asyncio.StreamReader) -> bytes:
         return await reader.read()
 
 
+async def _send(server: ApiServer, data: bytes) -> bytes:
+    """Send `data` on a new connection, then return all the server sends until it closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await _answer(reader)
+    finally:
+        writer.close()
+
+
 async def _head(reader: asyncio.StreamReader) -> bytes:
     """The head of the server's answer."""
     async with asyncio.timeout(5):
@@ -40,14 +51,8 @@ async def _head(reader: asyncio.StreamReader) -> bytes:
 async def test_a_head_over_the_limit_gets_431_and_the_server_serves_on(
     api_server: ApiServer, http: httpx.AsyncClient
 ) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", api_server.port)
-    try:
-        big = b"a" * (HEAD_LIMIT + 16 * 1024)  # never followed by the end of the head
-        writer.write(b"GET /healthz HTTP/1.1\r\nHost: test\r\nX-Big: " + big)
-        await writer.drain()
-        answer = await _answer(reader)
-    finally:
-        writer.close()
+    big = b"a" * (HEAD_LIMIT + 16 * 1024)  # never followed by the end of the head
+    answer = await _send(api_server, b"GET /healthz HTTP/1.1\r\nHost: test\r\nX-Big: " + big)
 
     assert answer.startswith(b"HTTP/1.1 431 ")
     assert b"content-type: application/problem+json" in answer
@@ -108,14 +113,8 @@ async def test_a_small_body_that_stops_arriving_gets_408_and_the_server_serves_o
         b"POST /tasks HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
         b"Content-Length: %d\r\n\r\n" % len(body)
     )
-    reader, writer = await asyncio.open_connection("127.0.0.1", hasty_server.port)
     started = time.monotonic()
-    try:
-        writer.write(head + body[:-1])  # all but the last byte, then nothing
-        await writer.drain()
-        answer = await _answer(reader)
-    finally:
-        writer.close()
+    answer = await _send(hasty_server, head + body[:-1])  # all but the last byte, then nothing
 
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert b"urn:spillway:problem:request-timeout" in answer
