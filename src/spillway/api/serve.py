@@ -110,10 +110,11 @@ def server(
     """The uvicorn server `serve` runs, for any ASGI `target` (the benchmarks' ceiling uses it).
 
     HTTP/1.1 on httptools and uvloop, no websockets, no access log and no proxy headers, with
-    the request head bounded in size (`HEAD_LIMIT`) and time (``settings.head_timeout``) and a
-    lingering close after a refused body (`spillway.api.protocol`). uvicorn over granian: on
-    this 2-CPU machine it answered 1.7x more bare requests and Spillway's ~30 % more
-    (docs/benchmarks.md, "HTTP accept").
+    the request head bounded in size (`HEAD_LIMIT`) and time (``settings.head_timeout``), the
+    pauses in a body bounded (``settings.body_timeout``) and a lingering close after a refused
+    body (`spillway.api.protocol`). uvicorn over granian: in the same `make bench` runs on
+    this 2-CPU machine it answered 2.07x as many bare requests and 1.37x as many of
+    Spillway's (docs/benchmarks.md, "HTTP accept").
     """
     settings = settings or Settings()
     extra: dict[str, Any] = {}
