@@ -108,7 +108,7 @@ def move_slot(cluster: EmbeddedCluster, slot: int, source_port: int, target_port
         while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 20):
             src.execute_command("MIGRATE", "127.0.0.1", target_port, "", 0, 5000, "KEYS", *keys)
             moved += len(keys)
-            time.sleep(0.02)
+            time.sleep(0.05)  # long enough that some writes land while the slot is split
         for node in cluster.nodes:
             with cluster.client(node) as c:
                 c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
@@ -123,60 +123,61 @@ async def test_a_shard_moved_to_another_primary_mid_run_loses_nothing(
 
     with EmbeddedCluster(primaries=3) as cluster:  # its own: this test moves a slot
         settings = cluster_settings(cluster, key_prefix)
-        app = Spillway(settings)
-        app.tasks.update(core.app.tasks)
-        env = dict(worker_env)
-        for name, value in settings.model_dump().items():
-            env[f"SPILLWAY_{name.upper()}"] = str(value)
-        accepted = [r.task_id for r in await app.enqueue_many([("count", {})] * 600) if r.task_id]
-        assert len(accepted) == 600
-        refused = 0
-        stop_producing = asyncio.Event()
+        async with Spillway(settings) as app:  # closed on failure too
+            app.tasks.update(core.app.tasks)
+            env = dict(worker_env)
+            for name, value in settings.model_dump().items():
+                env[f"SPILLWAY_{name.upper()}"] = str(value)
+            accepted = [
+                r.task_id for r in await app.enqueue_many([("count", {})] * 600) if r.task_id
+            ]
+            assert len(accepted) == 600
+            refused = 0
+            stop_producing = asyncio.Event()
 
-        async def produce() -> None:
-            nonlocal refused
-            while not stop_producing.is_set():
-                try:
-                    accepted.append(await app.enqueue("count", {"seconds": 0.01}))
-                except BrokerUnavailable:  # a 503: refused, nothing written
-                    refused += 1
-                await asyncio.sleep(0.002)
+            async def produce() -> None:
+                nonlocal refused
+                while not stop_producing.is_set():
+                    try:
+                        accepted.append(await app.enqueue("count", {"seconds": 0.01}))
+                    except BrokerUnavailable:  # a 503: refused, nothing written
+                        refused += 1
+                    await asyncio.sleep(0.002)
 
-        stream = next(iter(app.broker.streams(["default"])))
-        source = owner(cluster, stream)
-        target = next(n.port for n in cluster.nodes if n.port != source)
-        worker = spawn_worker(env, "--concurrency", "20")
-        producer = asyncio.create_task(produce())
-        try:
-            await asyncio.sleep(0.5)
-            before = len(accepted)
-            moved = await asyncio.to_thread(
-                move_slot, cluster, key_slot(stream.encode()), source, target
-            )
-            during = len(accepted) - before
-            print(f"moved {moved} keys; {during} tasks accepted during the move, {refused} refused")
-            assert during > 0  # writes went on while the slot was split between two nodes
-            await asyncio.sleep(0.5)
-            stop_producing.set()
-            await producer
-            assert owner(cluster, stream) == target
-            assert moved > 100  # the stream, its records and counters went over mid-run
+            stream = next(iter(app.broker.streams(["default"])))
+            source = owner(cluster, stream)
+            target = next(n.port for n in cluster.nodes if n.port != source)
+            worker = spawn_worker(env, "--concurrency", "20")
+            producer = asyncio.create_task(produce())
+            try:
+                await asyncio.sleep(0.5)
+                before = len(accepted)
+                moved = await asyncio.to_thread(
+                    move_slot, cluster, key_slot(stream.encode()), source, target
+                )
+                during = len(accepted) - before
+                print(f"moved {moved} keys; {during} accepted during the move, {refused} refused")
+                assert during > 0  # writes went on while the slot was split between two nodes
+                await asyncio.sleep(0.5)
+                stop_producing.set()
+                await producer
+                assert owner(cluster, stream) == target
+                assert moved > 100  # the stream, its records and counters went over mid-run
 
-            async def settled() -> bool:
-                statuses = [(await app.broker.get(i) or {}).get("status") for i in accepted]
-                return all(s == "succeeded" for s in statuses)
+                async def settled() -> bool:
+                    statuses = [(await app.broker.get(i) or {}).get("status") for i in accepted]
+                    return all(s == "succeeded" for s in statuses)
 
-            deadline = time.monotonic() + 60
-            while not await settled():
-                assert time.monotonic() < deadline, output(worker)[-3000:]
-                await asyncio.sleep(0.2)
-        finally:
-            stop_producing.set()
-            await asyncio.gather(producer, return_exceptions=True)
-            stop(worker)
-        # Nothing accepted was lost; the worker never crashed on a redirect.
-        assert "Traceback" not in output(worker), output(worker)[-3000:]
-        executions = {k: int(v) for k, v in (await app.broker.client.hgetall(
-            f"{key_prefix}:test:runs")).items()}  # fmt: skip
-        assert set(executions) == set(accepted)
-        await app.close()
+                deadline = time.monotonic() + 60
+                while not await settled():
+                    assert time.monotonic() < deadline, output(worker)[-3000:]
+                    await asyncio.sleep(0.2)
+            finally:
+                stop_producing.set()
+                await asyncio.gather(producer, return_exceptions=True)
+                stop(worker)
+            # Nothing accepted was lost; the worker never crashed on a redirect.
+            assert "Traceback" not in output(worker), output(worker)[-3000:]
+            executions = {k: int(v) for k, v in (await app.broker.client.hgetall(
+                f"{key_prefix}:test:runs")).items()}  # fmt: skip
+            assert set(executions) == set(accepted)
