@@ -10,11 +10,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from spillway import __version__, metrics
 from spillway.api.accept import Accept, ClientGone
 from spillway.api.auth import ANONYMOUS, PUBLIC_PATHS, Auth
+from spillway.api.direct import DirectHandler
 from spillway.api.openapi import openapi_builder
 from spillway.api.problems import HTTPProblem, Rendered, render
 from spillway.api.routes import CALLER, AcceptHandler, add_accept_routes, add_routes
@@ -54,23 +55,68 @@ class SpillwayAPI(FastAPI):
             await super().__call__(scope, receive, send)
             return
         path = _route_path(scope)
+        handler = self._fast.get(path) if scope["method"] == "POST" else None
+        if handler is not None:
+            try:
+                rendered = await self._accept(scope, receive, path, handler)
+            except ClientGone:
+                return
+            await send_rendered(send, rendered)
+            return
+        try:
+            self._identify(scope, path)
+        except HTTPProblem as exc:
+            await send_rendered(send, render(exc))
+            return
+        await super().__call__(scope, receive, send)
+
+    def direct_route(self, scope: Scope) -> DirectHandler | None:
+        """An accept route, for a server that reads its small body itself (`spillway.api.direct`):
+        the same answers as through ASGI, without its cost. A request its headers refuse is
+        left to ASGI, which answers before reading the body."""
+        path = _route_path(scope)
+        if path not in self._fast:
+            return None
+        try:
+            self._identify(scope, path)
+        except HTTPProblem:
+            return None
+        return self._direct
+
+    async def _direct(self, scope: Scope, body: bytes) -> Rendered:
+        path = _route_path(scope)
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self._answer(scope, receive, path, self._fast[path], scope[CALLER])
+
+    def _identify(self, scope: Scope, path: str) -> str:
+        """The caller, from the request's headers (`HTTPProblem` 401 if they do not say)."""
         caller = ANONYMOUS
         if self._auth.enabled and path not in PUBLIC_PATHS:
-            try:
-                caller = self._auth.identify(scope["headers"], browser=is_dashboard(path))
-            except HTTPProblem as exc:
-                await send_rendered(send, render(exc))
-                return
+            caller = self._auth.identify(scope["headers"], browser=is_dashboard(path))
         scope[CALLER] = caller
-        handler = self._fast.get(path) if scope["method"] == "POST" else None
-        if handler is None:
-            await super().__call__(scope, receive, send)
-            return
+        return caller
+
+    async def _accept(
+        self, scope: Scope, receive: Receive, path: str, handler: AcceptHandler
+    ) -> Rendered:
+        """An accept route's answer (`ClientGone` if the client left before its body came)."""
+        try:
+            caller = self._identify(scope, path)
+        except HTTPProblem as exc:
+            return render(exc)
+        return await self._answer(scope, receive, path, handler, caller)
+
+    async def _answer(
+        self, scope: Scope, receive: Receive, path: str, handler: AcceptHandler, caller: str
+    ) -> Rendered:
         started = time.perf_counter()
         try:
             rendered = await handler(scope, receive, caller)
         except ClientGone:
-            return
+            raise
         except Exception as exc:
             rendered = render(exc)
         metrics.accept_answered(path, rendered[0], rendered[2], time.perf_counter() - started)
@@ -80,9 +126,8 @@ class SpillwayAPI(FastAPI):
             # closes, so the client gets this answer rather than a reset (a lingering close,
             # `spillway.api.protocol`).
             status, headers, body = rendered
-            await send_rendered(send, (status, [*headers, (b"connection", b"close")], body))
-            return
-        await send_rendered(send, rendered)
+            return status, [*headers, (b"connection", b"close")], body
+        return rendered
 
 
 async def send_rendered(send: Send, rendered: Rendered) -> None:

@@ -36,8 +36,8 @@ from http import HTTPStatus
 from typing import Any, cast
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from spillway.api.direct import DirectProtocol
 from spillway.api.problems import HTTPProblem, render
 
 __all__ = ["LINGER_BYTES", "BoundedProtocol", "ServerConfig"]
@@ -93,6 +93,11 @@ class _Transport:
             self._held = None
             self._transport.write(held + data)
 
+    def write_now(self, data: bytes) -> None:
+        held = self._held
+        self._held = None
+        self._transport.write(held + data if held is not None else data)
+
     def flush(self) -> None:
         held = self._held
         if held is not None:
@@ -140,7 +145,7 @@ class _Clock:
 _clock: _Clock | None = None
 
 
-class BoundedProtocol(HttpToolsProtocol):
+class BoundedProtocol(DirectProtocol):
     """HTTP/1.1 with a bounded request head (size and time) and a lingering close."""
 
     def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
@@ -211,6 +216,9 @@ class BoundedProtocol(HttpToolsProtocol):
         self._in_head = True
         self._head_bytes = 0
         self._in_body = False
+
+    def write_answer(self, data: bytes) -> None:
+        cast(_Transport, self.transport).write_now(data)  # a whole answer: no need to hold it
 
     # The bounds
 
