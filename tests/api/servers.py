@@ -16,14 +16,18 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
+import uvicorn
 from tests.api.sample_app import build
 
 from spillway import Settings, Spillway, Worker
+from spillway.api.protocol import ServerConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 30.0
@@ -165,3 +169,38 @@ async def drain(app: Spillway, *task_ids: str, timeout: float = 20.0) -> None:
     finally:
         worker.stop()
         await running
+
+
+@asynccontextmanager
+async def in_process(
+    app: Any, *, head_timeout: float, body_timeout: float, keep_alive: int = 5
+) -> AsyncIterator[tuple[uvicorn.Server, int]]:
+    """`app` served in this event loop by uvicorn with `BoundedProtocol`, on a free port.
+
+    For tests of the protocol itself with an application that records what it saw. The
+    socket is listening before the server starts: connections wait in its backlog.
+    """
+    config = ServerConfig(
+        app,
+        head_limit=64 * 1024,
+        head_timeout=head_timeout,
+        body_timeout=body_timeout,
+        timeout_keep_alive=keep_alive,
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        proxy_headers=False,  # its middleware would hide the application's direct routes
+        server_header=False,
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        yield server, sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+        sock.close()

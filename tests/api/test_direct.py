@@ -8,16 +8,15 @@ application can say which path answered each request (``x-path``).
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 import uvicorn
+from tests.api.servers import in_process
 
 from spillway.api.direct import DIRECT_BODY, DirectHandler
-from spillway.api.protocol import ServerConfig
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -82,30 +81,8 @@ class Served:
 @pytest.fixture
 async def served() -> AsyncIterator[Served]:
     app = EchoApp()
-    config = ServerConfig(
-        app,
-        head_limit=64 * 1024,
-        head_timeout=5,
-        body_timeout=5,
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-        proxy_headers=False,  # its middleware would hide the application's direct routes
-        server_header=False,
-        timeout_graceful_shutdown=5,
-    )
-    server = uvicorn.Server(config)
-    # A socket already listening: connections wait in its backlog until the server accepts.
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        yield Served(app, server, sock.getsockname()[1])
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
-        sock.close()
+    async with in_process(app, head_timeout=5, body_timeout=5) as (server, port):
+        yield Served(app, server, port)
 
 
 async def _read_answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:

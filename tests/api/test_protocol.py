@@ -7,10 +7,11 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
-from tests.api.servers import ApiServer, serving
+from tests.api.servers import ApiServer, in_process, serving
 
 from spillway.api.serve import HEAD_LIMIT
 from spillway.embedded import EmbeddedRedis
@@ -162,3 +163,45 @@ async def test_concurrent_oversized_uploads_each_get_their_413(api_server: ApiSe
     outcomes = Counter(await asyncio.gather(*(upload() for _ in range(20))))
 
     assert outcomes == {"HTTP/1.1 413 ": 20}
+
+
+async def _ok(scope: Any, receive: Any, send: Any) -> None:
+    """An ASGI app answering 200 with an empty body."""
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]}
+    )
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def test_an_idle_kept_alive_connection_is_closed_after_the_keep_alive_timeout() -> None:
+    async with in_process(_ok, head_timeout=10, body_timeout=10, keep_alive=1) as (_, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+            head = await _head(reader)
+            answered = time.monotonic()
+            rest = await _answer(reader)  # until the server closes
+            idled = time.monotonic() - answered
+        finally:
+            writer.close()
+
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert rest == b""
+    assert 0.9 <= idled < 3  # the 1 s timeout, to the clock's tick (0.25 s)
+
+
+async def test_a_connection_in_use_outlives_the_keep_alive_timeout() -> None:
+    async with in_process(_ok, head_timeout=10, body_timeout=10, keep_alive=1) as (_, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        started = time.monotonic()
+        try:
+            heads = []
+            while time.monotonic() - started < 2.5:  # a request every 0.5 s, on one connection
+                writer.write(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+                heads.append(await _head(reader))
+                await asyncio.sleep(0.5)
+        finally:
+            writer.close()
+
+    assert len(heads) >= 4
+    assert all(head.startswith(b"HTTP/1.1 200 ") for head in heads)

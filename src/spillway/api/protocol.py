@@ -10,8 +10,10 @@ exploit. This protocol bounds them per connection:
 * **The time a request head may take.** A client sending its head a byte at a time held its
   connection for ever. A head that has not arrived `ServerConfig.head_timeout` seconds after
   its first byte (or after the connection opened) gets ``408`` and its connection is closed,
-  within a quarter of the timeout (at most 1 s) after the deadline. Idle keep-alive
-  connections are closed by uvicorn's own keep-alive timeout, as before.
+  within a quarter of the timeout (at most 1 s) after the deadline.
+* **The time a connection may idle between requests** (uvicorn's keep-alive timeout, 5 s):
+  kept by the same clock, to its tick, where uvicorn arms and cancels a timer for every
+  answer (2.7 us a request under uvloop).
 * **The pauses in a request body.** A client that stops sending its body, of any size, gets
   ``408`` once nothing has arrived for `ServerConfig.body_timeout` seconds (time the server
   itself held the body back by flow control does not count); the application then sees the
@@ -21,7 +23,7 @@ exploit. This protocol bounds them per connection:
   its ``413``. Here the connection reads on and drops what arrives (a lingering close) until
   the client closes or pauses for `LINGER_IDLE` seconds (to the clock's tick, below),
   `LINGER_BYTES` have been dropped,
-  or uvicorn's keep-alive timeout (5 s) has passed since the answer.
+  or the keep-alive timeout (5 s, to the clock's tick) has passed since the answer.
 
 It also writes each answer's head and body to the socket in one call where uvicorn makes
 two: one system call less per request, which answered 6 % more requests per second (A/B,
@@ -114,8 +116,9 @@ class _Transport:
 
 
 class _Clock:
-    """One per process: ticks every `period` seconds and checks each connection's deadlines.
-    A request only notes the tick its head began at, and the tick its body last moved."""
+    """One per server process: ticks every `period` seconds and checks each connection's deadlines.
+    A request only notes the tick its head began at, and the tick its body last moved; an
+    answer, the tick its connection fell idle at."""
 
     def __init__(
         self,
@@ -123,12 +126,14 @@ class _Clock:
         connections: set[Any],
         head_timeout: float,
         body_timeout: float,
+        keep_alive: float,
     ) -> None:
         self.loop = loop
         self.connections = connections
-        self.period = min(1.0, head_timeout / 4, body_timeout / 4)
+        self.period = min(1.0, head_timeout / 4, body_timeout / 4, keep_alive / 4)
         # A head, a pause in a body, or one while lingering may last this many whole ticks.
         self.head_ticks = math.ceil(head_timeout / self.period)
+        self.idle_ticks = math.ceil(keep_alive / self.period)
         self.body_ticks = math.ceil(body_timeout / self.period)
         self.linger_ticks = math.ceil(LINGER_IDLE / self.period)
         self.tick = 0
@@ -142,26 +147,32 @@ class _Clock:
         self.loop.call_later(self.period, self._run)
 
 
-_clock: _Clock | None = None
-
-
 class BoundedProtocol(DirectProtocol):
     """HTTP/1.1 with a bounded request head (size and time) and a lingering close."""
 
     def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
-        global _clock
         super().__init__(config, *args, **kwargs)
         bounds = cast(ServerConfig, config)  # the protocol of ServerConfig only
         self._head_limit = bounds.head_limit
         self._head_timeout = bounds.head_timeout
         self._body_timeout = bounds.body_timeout
-        if _clock is None or _clock.loop is not self.loop:
-            _clock = _Clock(self.loop, self.connections, self._head_timeout, self._body_timeout)
-        self._clock = _clock
+        # One clock per server (in each of its processes), kept on its state.
+        clock: _Clock | None = getattr(self.server_state, "spillway_clock", None)
+        if clock is None or clock.loop is not self.loop:
+            clock = _Clock(
+                self.loop,
+                self.connections,
+                self._head_timeout,
+                self._body_timeout,
+                self.timeout_keep_alive,
+            )
+            self.server_state.spillway_clock = clock  # type: ignore[attr-defined]
+        self._clock = clock
         self._in_head = True  # the next bytes belong to a request head
         self._head_bytes = 0
         self._head_since: int | None = None  # the tick the head under way began at
         self._in_body = False  # a request's body is under way
+        self._idle_since: int | None = None  # the tick the last answer completed at, if idle
         self._body_seen = 0  # the tick its last bytes arrived at (also while lingering)
         self._lingering = False
         self._dropped = 0
@@ -189,6 +200,7 @@ class BoundedProtocol(DirectProtocol):
             if self._dropped > LINGER_BYTES:
                 self._close_now()
             return
+        self._idle_since = None
         if self._in_head:
             self._head_bytes += len(data)
         else:
@@ -217,6 +229,18 @@ class BoundedProtocol(DirectProtocol):
         self._head_bytes = 0
         self._in_body = False
 
+    def on_response_complete(self) -> None:
+        # uvicorn's, with the keep-alive timeout noted for the clock instead of a timer armed.
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self._idle_since = self._clock.tick
+
     def write_answer(self, data: bytes) -> None:
         cast(_Transport, self.transport).write_now(data)  # a whole answer: no need to hold it
 
@@ -227,6 +251,11 @@ class BoundedProtocol(DirectProtocol):
         moved for too long (while the server was reading it: a body held back by flow
         control, because the application is not reading yet, is not the client's pause)."""
         if self._socket.is_closing():
+            return
+        idle = self._idle_since
+        if idle is not None and tick - idle > self._clock.idle_ticks:
+            self._idle_since = None
+            self.transport.close()  # a linger ends here too: its answer is `idle`'s
             return
         if self._lingering:
             if tick - self._body_seen > self._clock.linger_ticks:
