@@ -3,6 +3,7 @@
 A bare ASGI application served by `spillway.api.serve.server` (the same uvicorn options and
 process count as Spillway's API): it reads the request body and sends the same 202 answer
 Spillway sends (same headers, same size), without parsing, validating or writing anything.
+`direct` is the same application with its POSTs answered by the protocol, for the analysis.
 """
 
 from __future__ import annotations
@@ -40,3 +41,30 @@ async def app(
         message = await receive()
     await send({"type": "http.response.start", "status": 202, "headers": _ACCEPTED})
     await send({"type": "http.response.body", "body": _BODY})
+
+
+async def _direct_answer(
+    scope: Message, body: bytes
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    return 202, _ACCEPTED, _BODY
+
+
+class _DirectCeiling:
+    """The ceiling with its POSTs answered as a direct route (`spillway.api.direct`): by the
+    protocol itself, without the ASGI cycle, as Spillway answers its accept routes."""
+
+    async def __call__(
+        self,
+        scope: Message,
+        receive: Callable[[], Awaitable[Message]],
+        send: Callable[[Message], Awaitable[None]],
+    ) -> None:
+        await app(scope, receive, send)
+
+    def direct_route(
+        self, scope: Message
+    ) -> Callable[[Message, bytes], Awaitable[tuple[int, list[tuple[bytes, bytes]], bytes]]]:
+        return _direct_answer
+
+
+direct = _DirectCeiling()

@@ -65,6 +65,7 @@ _SERVE_CEILING = (
 RESULTS = ROOT / "docs" / "benchmarks-data" / "http.json"
 SEED, SPILLWAY, STUB, FLOOR, CEILING = "seed", "spillway", "stub", "floor", "ceiling"
 CEILING_APP = "bench.http.ceiling_app:app"
+DIRECT_CEILING_APP = "bench.http.ceiling_app:direct"
 FLOOR_APP = "bench.http.floor_app:app"
 FLOOR_STREAM = "floor"  # floor_app's stream: one entry per 202
 ANALYSIS = "analysis only:"  # rows that explain the others: in the tables, not in the chart
@@ -337,6 +338,16 @@ def ceiling_server(workers: int) -> Server:
     )
 
 
+def direct_ceiling_server(workers: int) -> Server:
+    """The ceiling answering its POSTs from the protocol, without ASGI (`spillway.api.direct`),
+    as Spillway answers its accept routes: for the analysis only."""
+    return Server(
+        f"direct-ceiling-{workers}",
+        [sys.executable, "-c", _SERVE_CEILING, DIRECT_CEILING_APP, "{port}", str(workers)],
+        {},
+    )
+
+
 def floor_server(redis_url: str, workers: int) -> Server:
     """The ceiling's server plus one coalesced XADD per request before the 202: for the
     analysis only (what any design that writes to Redis before answering costs here)."""
@@ -378,6 +389,7 @@ def run(args: argparse.Namespace | None = None) -> Report:
         ceiling = ceiling_server(w)
         spill_granian = granian_spillway_server(server.url, w)
         ceiling_granian = granian_ceiling_server(w)
+        ceiling_direct = direct_ceiling_server(w)
         targets = [
             Target(
                 "seed design, 1 process (as the seed runs it)", seed_1, "/process", seed_body, SEED
@@ -429,8 +441,19 @@ def run(args: argparse.Namespace | None = None) -> Report:
                 task_body,
                 CEILING,
             ),
+            Target(
+                f"{ANALYSIS} the same server answering 202 with no work from the protocol, "
+                f"without ASGI (as Spillway answers its accept routes), {w} processes",
+                ceiling_direct,
+                "/tasks",
+                task_body,
+                CEILING,
+            ),
         ]
-        servers = [seed_1, seed_w, spill, stub, floor, ceiling, spill_granian, ceiling_granian]
+        servers = [
+            *(seed_1, seed_w, spill, stub, floor, ceiling),
+            *(spill_granian, ceiling_granian, ceiling_direct),
+        ]
         with started(servers, log_dir):
             _measure_all(targets, server, args, results)
         redis_binary = server.binary
@@ -510,7 +533,7 @@ def _verdicts(results: dict[int, dict[str, list[Figures]]]) -> list[str]:
     # The rows in `run`'s order (this unpacking fails loudly if that changes).
     labels = list(by_label)
     seed_label, _, spill_label, _, stub_label, floor_label, ceiling_label = labels[:7]
-    granian_spill, granian_ceiling = (by_label[label] for label in labels[7:9])
+    granian_spill, granian_ceiling, direct_ceiling = (by_label[label] for label in labels[7:10])
     spill, ceiling = by_label[spill_label], by_label[ceiling_label]
     vs_seed = _ratio(spill, by_label[seed_label])
     vs_ceiling = _ratio(spill, ceiling)
@@ -604,6 +627,14 @@ def _verdicts(results: dict[int, dict[str, list[Figures]]]) -> list[str]:
         "server lowers the ratio to its own ceiling while it raises every absolute figure: "
         f"Spillway under granian was {_ratio(granian_spill, granian_ceiling):.2f}x granian's "
         "ceiling.",
+        "",
+        "The ceiling without ASGI: Spillway's API answers its accept routes from the protocol "
+        "(`spillway.api.direct`), without the ASGI cycle (an event, a task, `receive` and "
+        "`send`) that the ceiling's bare application goes through. The same server answering "
+        "the same 202 that way (the last row) answered "
+        f"{statistics.median(f.rps for f in direct_ceiling):,.0f} requests/s, "
+        f"{_ratio(direct_ceiling, ceiling):.2f}x the ceiling; against it Spillway is "
+        f"{_ratio(spill, direct_ceiling):.2f}x.",
     ]
 
 
@@ -658,7 +689,9 @@ def _report(
             "`BackgroundTasks`, a module-level sync redis-py client, `XADD MAXLEN ~ 100000` after "
             "the 202); Spillway is `spillway.api.serve` (what `spillway api` runs) serving "
             "`bench/http/spillway_app.py`, writing each task durably (record + stream entry, "
-            "idempotency and backlog checks, one Lua script) before its 202. The ceiling is "
+            "idempotency and backlog checks, one Lua script) before its 202, its accept "
+            "routes answered by the protocol without an ASGI cycle (`spillway.api.direct`). "
+            "The ceiling is "
             "`bench/http/ceiling_app.py` on `spillway.api.serve.server`, the very uvicorn "
             "server `serve` runs: it reads the body and sends the same 202, doing nothing else.",
             "- The analysis rows are not ways to run Spillway; they show where the gap to the "
