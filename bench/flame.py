@@ -39,7 +39,7 @@ __all__ = ["TITLE", "run"]
 TITLE = "Flame graphs"
 DOCS = ROOT / "docs"
 BACKLOG = 200_000
-NATIVE = "native code: uvloop, C extensions (httptools in the API), system calls"
+NATIVE = "native code: uvloop, C extensions, system calls"
 OTHER = "other Python: our code outside the parts above, asyncio, library glue"
 # Where the samples of each path go: the first part with a marker in any frame of a sample's
 # stack ("leaf:" markers: in its innermost frame only, for wrappers such as metrics.timed_run).
@@ -47,7 +47,11 @@ ACCEPT_PARTS = {
     "validate + serialise (pydantic, orjson)": ("Spillway.prepare", "model_validate"),
     "write to Redis (coalesced pipeline, redis-py, hiredis)": ("Broker._flush_accepts",),
     "read the body, parse JSON": ("Accept._read_json",),
-    "answer (uvicorn send)": ("send_rendered",),
+    "answer (the protocol writes it; ASGI send for the others)": (
+        "write_answer",
+        "send_rendered",
+    ),
+    "read the request (the protocol: httptools and its callbacks)": ("data_received",),
     "metrics": ("accept_answered", "task_accepted"),
 }
 WORKER_PARTS = {
@@ -111,7 +115,7 @@ def shares(raw: Path, parts: dict[str, tuple[str, ...]]) -> dict[str, float]:
     """Share of the samples of the app's processes spent in each part.
 
     A sample whose innermost Python frame is the entry point (uvicorn's server process, the
-    event loop's run) was running native code below it: uvloop, httptools, system calls.
+    event loop's run) was running native code below it: uvloop, system calls.
     """
     counts: collections.Counter[str] = collections.Counter()
     total = 0

@@ -618,7 +618,7 @@ def _verdicts(results: dict[int, dict[str, list[Figures]]]) -> list[str]:
         "accept path does (strict JSON, two validations, idempotency and backlog checks, a "
         "status record beside the stream entry), not write more cleverly.",
         "",
-        "The server, measured in the same run: under granian (the last two rows), the same "
+        "The server, measured in the same run: under granian (the two granian rows), the same "
         f"application answered {statistics.median(f.rps for f in granian_spill):,.0f} "
         f"requests/s, {_ratio(granian_spill, by_label[seed_label]):.1f}x the seed, and "
         f"granian's own ceiling was {statistics.median(f.rps for f in granian_ceiling):,.0f}: "

@@ -169,8 +169,8 @@ class DirectProtocol(HttpToolsProtocol):
             cycle.keep_alive = False
         cycle.response_started = True
         cycle.response_complete = True
-        if cycle.disconnected:
-            return
+        if cycle.disconnected or self.transport.is_closing():
+            return  # the client is gone (a request pipelined behind this one holds `cycle`)
         content = [STATUS_LINE[status]]
         closing = False  # the handler's answer closes the connection
         for name, value in (*self.server_state.default_headers, *headers):
