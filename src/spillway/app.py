@@ -243,9 +243,28 @@ class Spillway:
             task_type, payload, idempotency_key=idempotency_key, delay=delay,
             max_retries=max_retries, timeout=timeout,
         )  # fmt: skip
-        await self.connect()
-        reply = await self.broker.accept(request)
+        return await self.enqueue_prepared(request)
+
+    async def enqueue_prepared(self, request: AcceptRequest) -> str:
+        """`enqueue` for a task `prepare` built."""
+        return self.accepted_id(request, await self._write(request))
+
+    def write_soon(self, request: AcceptRequest) -> asyncio.Future[AcceptReply]:
+        """Start writing a prepared task; its reply's future, for `accepted_id`.
+
+        The API's direct routes use this, to write without a coroutine of their own.
+        """
+        if self._checked:
+            return self.broker.accept_soon(request)
+        return asyncio.ensure_future(self._write(request))
+
+    def accepted_id(self, request: AcceptRequest, reply: AcceptReply) -> str:
+        """The id `enqueue` returns for `request` once Redis replied (raises as it does)."""
         return self._check(request, reply).task_id or request.task_id
+
+    async def _write(self, request: AcceptRequest) -> AcceptReply:
+        await self.connect()
+        return await self.broker.accept(request)
 
     async def enqueue_many(
         self, items: Iterable[EnqueueItem | tuple[TaskRef, Any]]

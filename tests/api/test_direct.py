@@ -39,8 +39,37 @@ class EchoApp:
     done: list[bytes] = field(default_factory=list)  # the bodies direct answers were made for
     started: asyncio.Event = field(default_factory=asyncio.Event)  # a direct handler began
 
+    style: str = "coroutine"  # how the direct handler answers: coroutine, now or future
+
     def direct_route(self, scope: Scope) -> DirectHandler | None:
-        return self.direct if scope["path"] == "/direct" else None
+        if scope["path"] != "/direct":
+            return None
+        handlers: dict[str, DirectHandler] = {
+            "coroutine": self.direct,
+            "now": self.now,
+            "future": self.future,
+        }
+        return handlers[self.style]
+
+    def now(self, scope: Scope, body: bytes) -> Rendered:
+        """The answer at once, as Spillway answers a request it refuses."""
+        if self.fail:
+            raise RuntimeError("a bug in the handler")
+        self.done.append(body)
+        return _answer(b"direct", body, 202)
+
+    def future(self, scope: Scope, body: bytes) -> asyncio.Future[Rendered]:
+        """The answer's future, as Spillway answers once Redis has the task."""
+        answer: asyncio.Future[Rendered] = asyncio.get_running_loop().create_future()
+
+        def settle() -> None:
+            try:
+                answer.set_result(self.now(scope, body))
+            except RuntimeError as exc:
+                answer.set_exception(exc)
+
+        asyncio.get_running_loop().call_soon(settle)
+        return answer
 
     async def direct(self, scope: Scope, body: bytes) -> Rendered:
         self.started.set()
@@ -101,7 +130,11 @@ def _post(path: str, body: bytes, *headers: bytes) -> bytes:
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
-async def test_a_small_post_is_answered_directly_and_the_connection_kept(served: Served) -> None:
+@pytest.mark.parametrize("style", ["coroutine", "now", "future"])
+async def test_a_small_post_is_answered_directly_and_the_connection_kept(
+    served: Served, style: str
+) -> None:
+    served.app.style = style
     reader, writer = await served.connect()
     try:
         for size in (0, 10, DIRECT_BODY):
@@ -187,7 +220,11 @@ async def test_pipelined_requests_are_answered_in_order(served: Served) -> None:
     assert all(b"x-path: asgi\r\n" in head for head, _ in answers[1:])
 
 
-async def test_a_handler_that_raises_gets_500_and_the_connection_closes(served: Served) -> None:
+@pytest.mark.parametrize("style", ["coroutine", "now", "future"])
+async def test_a_handler_that_raises_gets_500_and_the_connection_closes(
+    served: Served, style: str
+) -> None:
+    served.app.style = style
     served.app.fail = True
     reader, writer = await served.connect()
     try:

@@ -20,15 +20,19 @@ from spillway import metrics
 from spillway.api.problems import HTTPProblem, Rendered, describe, render
 from spillway.api.schemas import BatchItem, TaskSubmission
 from spillway.app import Spillway
-from spillway.broker import AcceptRequest
+from spillway.broker import AcceptReply, AcceptRequest
 from spillway.codec import JSONError, check_depth, check_duplicate_keys
 from spillway.errors import SpillwayError
 from spillway.records import EnqueueResult
 
-__all__ = ["Accept", "ClientGone", "Receive", "Scope"]
+__all__ = ["Accept", "Answer", "ClientGone", "Receive", "Scope", "Then"]
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+#: What a direct route does with its answer before the server writes it.
+Then = Callable[[Rendered], Rendered]
+#: A direct route's answer: now, or once the task is written.
+Answer = Rendered | asyncio.Future[Rendered]
 
 _JSON = b"application/json"
 
@@ -74,11 +78,65 @@ class Accept:
     async def _submit(self, scope: Scope, receive: Receive, caller: str) -> Rendered:
         key = _request_key(scope, caller)
         doc = await self._read_json(scope, receive, self.max_body)
+        request = self._task(doc, key)
+        return _accepted(request, await self.app.enqueue_prepared(request), scope)
+
+    async def _process(self, scope: Scope, receive: Receive, caller: str) -> Rendered:
+        key = _request_key(scope, caller)
+        payload = await self._read_json(scope, receive, self.max_body)
+        request = self._default_task(payload, key)
+        return _accepted(request, await self.app.enqueue_prepared(request), scope)
+
+    def submit_soon(self, scope: Scope, body: bytes, caller: str, then: Then) -> Answer:
+        """`submit` for a body already read, without a coroutine (`spillway.api.direct`): the
+        answer, or its future while the task is written. `then` is applied to the answer."""
+        return self._soon(scope, body, caller, then, self._task, ("body", "payload"))
+
+    def process_soon(self, scope: Scope, body: bytes, caller: str, then: Then) -> Answer:
+        """`process`, as `submit_soon` is `submit`."""
+        return self._soon(scope, body, caller, then, self._default_task, ("body",))
+
+    def _soon(
+        self,
+        scope: Scope,
+        body: bytes,
+        caller: str,
+        then: Then,
+        task: Callable[[Any, str | None], AcceptRequest],
+        body_loc: tuple[str, ...],
+    ) -> Answer:
+        try:
+            key = _request_key(scope, caller)
+            _check_headers(scope, self.max_body)
+            if len(body) > self.max_body:
+                raise _too_large(self.max_body)
+            request = task(parse_json(body, self.max_depth), key)
+        except (HTTPProblem, SpillwayError) as exc:
+            return then(render(exc, body_loc=body_loc))
+        written = self.app.write_soon(request)
+        answer: asyncio.Future[Rendered] = asyncio.get_running_loop().create_future()
+
+        def done(written: asyncio.Future[AcceptReply]) -> None:
+            if written.cancelled():
+                answer.cancel()
+                return
+            try:
+                task_id = self.app.accepted_id(request, written.result())
+            except Exception as exc:
+                answer.set_result(then(render(exc, body_loc=body_loc)))
+            else:
+                answer.set_result(then(_accepted(request, task_id, scope)))
+
+        written.add_done_callback(done)
+        return answer
+
+    def _task(self, doc: Any, key: str | None) -> AcceptRequest:
+        """The task of a ``POST /tasks`` body."""
         try:
             sub = TaskSubmission.model_validate(doc, strict=True)
         except ValidationError as exc:
             raise _invalid(exc, ("body",)) from None
-        task_id = await self.app.enqueue(
+        return self.app.prepare(
             sub.type,
             sub.payload,
             idempotency_key=key,
@@ -86,17 +144,11 @@ class Accept:
             max_retries=sub.max_retries,
             timeout=sub.timeout_s,
         )
-        metrics.task_accepted(sub.type)
-        return _accepted(task_id, scope)
 
-    async def _process(self, scope: Scope, receive: Receive, caller: str) -> Rendered:
-        key = _request_key(scope, caller)
-        payload = await self._read_json(scope, receive, self.max_body)
+    def _default_task(self, payload: Any, key: str | None) -> AcceptRequest:
+        """The task of a ``POST /process`` body: the payload of the default type."""
         # The route exists only when a default type is configured.
-        task_type = self.default_type or ""
-        task_id = await self.app.enqueue(task_type, payload, idempotency_key=key)
-        metrics.task_accepted(task_type)
-        return _accepted(task_id, scope)
+        return self.app.prepare(self.default_type or "", payload, idempotency_key=key)
 
     async def _batch(self, scope: Scope, receive: Receive, caller: str) -> Rendered:
         doc = await self._read_json(scope, receive, self.max_batch_body)
@@ -222,13 +274,13 @@ async def read_body(receive: Receive, limit: int, expected: int | None, timeout:
             ) from None
         if len(buffer) > limit:
             del buffer  # before the 413 is sent and the rest of the body drained
-            raise HTTPProblem(
-                413,
-                "payload-too-large",
-                f"the body is larger than the limit of {limit} bytes",
-                limit=limit,
-            )
+            raise _too_large(limit)
         return bytes(buffer)
+
+
+def _too_large(limit: int) -> HTTPProblem:
+    detail = f"the body is larger than the limit of {limit} bytes"
+    return HTTPProblem(413, "payload-too-large", detail, limit=limit)
 
 
 def parse_json(body: bytes, max_depth: int) -> Any:
@@ -334,7 +386,8 @@ def _item_result(i: int, result: EnqueueResult) -> dict[str, Any]:
     return {"task_id": None, "status": "rejected", "duplicate": False, "error": problem.doc}
 
 
-def _accepted(task_id: str, scope: Scope) -> Rendered:
+def _accepted(request: AcceptRequest, task_id: str, scope: Scope) -> Rendered:
+    metrics.task_accepted(request.type)
     body = b'{"task_id":"' + task_id.encode() + b'","status":"queued"}'
     headers = _json_headers(body)
     headers.append((b"location", f"{scope.get('root_path', '')}/tasks/{task_id}".encode()))

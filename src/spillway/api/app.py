@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from spillway import __version__, metrics
-from spillway.api.accept import Accept, ClientGone
+from spillway.api.accept import Accept, Answer, ClientGone, Then
 from spillway.api.auth import ANONYMOUS, PUBLIC_PATHS, Auth
 from spillway.api.direct import DirectHandler
 from spillway.api.openapi import openapi_builder
@@ -26,6 +27,9 @@ from spillway.errors import BrokerUnavailable, ConfigurationError, SpillwayError
 __all__ = ["SpillwayAPI", "create_app"]
 
 log = logging.getLogger("spillway.api")
+
+#: An accept route given its whole body (`Accept.submit_soon`).
+SoonHandler = Callable[[Scope, bytes, str, Then], Answer]
 
 _DESCRIPTION = """\
 Accepts tasks over HTTP and answers `202 Accepted` only once the task is durably in Redis.
@@ -45,10 +49,13 @@ class SpillwayAPI(FastAPI):
 
     spillway: Spillway
 
-    def setup_spillway(self, spillway: Spillway, fast: dict[str, AcceptHandler]) -> None:
+    def setup_spillway(
+        self, spillway: Spillway, fast: dict[str, AcceptHandler], soon: dict[str, SoonHandler]
+    ) -> None:
         self.spillway = spillway
         self._auth = Auth(spillway.settings.api_keys)
         self._fast = fast
+        self._soon = soon
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -71,11 +78,12 @@ class SpillwayAPI(FastAPI):
         await super().__call__(scope, receive, send)
 
     def direct_route(self, scope: Scope) -> DirectHandler | None:
-        """An accept route, for a server that reads its small body itself (`spillway.api.direct`):
-        the same answers as through ASGI, without its cost. A request its headers refuse is
-        left to ASGI, which answers before reading the body."""
+        """``POST /tasks`` and ``/process``, for a server that reads their small bodies itself
+        (`spillway.api.direct`): the same answers as through ASGI, without its cost, and
+        without a coroutine per request. A request its headers refuse is left to ASGI, which
+        answers before reading the body."""
         path = _route_path(scope)
-        if path not in self._fast:
+        if path not in self._soon:
             return None
         try:
             self._identify(scope, path)
@@ -83,13 +91,10 @@ class SpillwayAPI(FastAPI):
             return None
         return self._direct
 
-    async def _direct(self, scope: Scope, body: bytes) -> Rendered:
+    def _direct(self, scope: Scope, body: bytes) -> Answer:
         path = _route_path(scope)
-
-        async def receive() -> Message:
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        return await self._answer(scope, receive, path, self._fast[path], scope[CALLER])
+        then = partial(self._finish, path, time.perf_counter())
+        return self._soon[path](scope, body, scope[CALLER], then)
 
     def _identify(self, scope: Scope, path: str) -> str:
         """The caller, from the request's headers (`HTTPProblem` 401 if they do not say)."""
@@ -119,6 +124,10 @@ class SpillwayAPI(FastAPI):
             raise
         except Exception as exc:
             rendered = render(exc)
+        return self._finish(path, started, rendered)
+
+    def _finish(self, path: str, started: float, rendered: Rendered) -> Rendered:
+        """An accept route's answer, counted, with the close it may need."""
         metrics.accept_answered(path, rendered[0], rendered[2], time.perf_counter() - started)
         if rendered[0] in (408, 413):
             # The rest of the body is not read, so the connection cannot carry another request:
@@ -179,9 +188,11 @@ def create_app(app: Spillway) -> FastAPI:
     )
     accept = Accept(app)
     fast: dict[str, AcceptHandler] = {"/tasks": accept.submit, "/tasks/batch": accept.batch}
+    soon: dict[str, SoonHandler] = {"/tasks": accept.submit_soon}
     if default_type is not None:
         fast["/process"] = accept.process
-    api.setup_spillway(app, fast)
+        soon["/process"] = accept.process_soon
+    api.setup_spillway(app, fast, soon)
     _add_error_handlers(api)
     add_accept_routes(api, fast)
     add_routes(api, app)

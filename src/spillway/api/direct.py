@@ -21,8 +21,10 @@ The handler must answer every request itself (problems included) and set ``conte
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
+from functools import partial
 from typing import Any, Protocol, cast
 
 import httptools
@@ -38,7 +40,8 @@ log = logging.getLogger("spillway.api")
 DIRECT_BODY = 64 * 1024
 
 Scope = MutableMapping[str, Any]
-DirectHandler = Callable[[Scope, bytes], Awaitable[Rendered]]
+#: Given the request's scope and whole body: the answer, its future, or a coroutine of it.
+DirectHandler = Callable[[Scope, bytes], Rendered | Awaitable[Rendered]]
 
 _FAILED: Rendered = (
     500,
@@ -116,9 +119,7 @@ class DirectProtocol(HttpToolsProtocol):
         cycle: object = self.cycle
         if type(cycle) is _DirectCycle:
             cycle.more_body = False
-            task = self.loop.create_task(self._answer(cycle))
-            task.add_done_callback(self.tasks.discard)
-            self.tasks.add(task)
+            self._run(cycle)
         else:
             super().on_message_complete()
 
@@ -160,28 +161,55 @@ class DirectProtocol(HttpToolsProtocol):
         assert self._direct_route is not None  # noqa: S101 - checked by the caller
         return self._direct_route(scope)
 
-    async def _answer(self, cycle: _DirectCycle) -> None:
+    def _run(self, cycle: _DirectCycle) -> None:
+        """Call the handler; write its answer now, or when its future or coroutine is done."""
         try:
-            status, headers, body = await cycle.handler(cycle.scope, bytes(cycle.body))
-        except Exception as exc:  # the handler answers its own errors: this is a bug
-            log.error("Exception in a direct route", exc_info=exc)
-            status, headers, body = _FAILED
-            cycle.keep_alive = False
+            answer = cycle.handler(cycle.scope, bytes(cycle.body))
+        except Exception as exc:
+            self._write(cycle, _failed(exc))
+            return
+        if type(answer) is tuple:
+            self._write(cycle, answer)
+            return
+        if not isinstance(answer, asyncio.Future):
+            # A coroutine: run as uvicorn runs an application, so a shutdown waits for it.
+            answer = self.loop.create_task(cast(Coroutine[Any, Any, Rendered], answer))
+            task = cast("asyncio.Task[None]", answer)  # uvicorn's set of the app's tasks
+            task.add_done_callback(self.tasks.discard)
+            self.tasks.add(task)
+        answer.add_done_callback(partial(self._done, cycle))
+
+    def _done(self, cycle: _DirectCycle, answer: asyncio.Future[Rendered]) -> None:
+        if answer.cancelled():
+            self._write(cycle, _failed(None))
+        elif (exc := answer.exception()) is not None:
+            self._write(cycle, _failed(exc))
+        else:
+            self._write(cycle, answer.result())
+
+    def _write(self, cycle: _DirectCycle, answer: Rendered) -> None:
+        status, headers, body = answer
         cycle.response_started = True
         cycle.response_complete = True
         if cycle.disconnected or self.transport.is_closing():
             return  # the client is gone (a request pipelined behind this one holds `cycle`)
         content = [STATUS_LINE[status]]
-        closing = False  # the handler's answer closes the connection
+        closing = answer is _FAILED  # the handler failed: close after it
         for name, value in (*self.server_state.default_headers, *headers):
             if name == b"connection" and b"close" in value.lower():
                 closing = True
             content += (name, b": ", value, b"\r\n")
         keep_alive = cycle.keep_alive and not closing
-        if not keep_alive and not closing:
+        if not keep_alive:
             content.append(b"connection: close\r\n")
         content += (b"\r\n", body)
         self.write_answer(b"".join(content))
         if not keep_alive:
             self.transport.close()
         self.on_response_complete()
+
+
+def _failed(exc: BaseException | None) -> Rendered:
+    """The handler answers its own errors: one that raises (or is cancelled) is a bug."""
+    log.error("Exception in a direct route", exc_info=exc)
+    return _FAILED

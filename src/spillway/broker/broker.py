@@ -207,6 +207,10 @@ class Broker(Admin):
         accept script refuses the batch if Redis runs it after the caller's deadline, so a
         503 always means nothing was written.
         """
+        return await self.accept_soon(request)
+
+    def accept_soon(self, request: AcceptRequest) -> asyncio.Future[AcceptReply]:
+        """`accept` without a coroutine: the future of its reply (for the API's direct routes)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[AcceptReply] = loop.create_future()
         queue = self._accept_queue
@@ -220,7 +224,7 @@ class Broker(Admin):
         queue.append((request, future))
         if self._accept_flusher is None or self._accept_flusher.done():
             self._accept_flusher = asyncio.create_task(self._flush_accepts())
-        return await future
+        return future
 
     def _deadline_ms(self, budget: float) -> int:
         """A deadline `budget` seconds from now on the Redis server's clock (ms).
