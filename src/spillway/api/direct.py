@@ -10,13 +10,17 @@ An application may therefore name **direct routes**: ``direct_route(scope)`` ret
 for a request it can answer from its scope and its whole body, or None. The protocol asks only
 for a plain request it can serve without ASGI's help: ``POST``, HTTP/1.1, kept alive, no
 ``Expect: 100-continue``, no upgrade, not pipelined behind an answer under way, and a body
-declared by ``Content-Length`` of at most `DIRECT_BODY` bytes. It reads that body, awaits
-``handler(scope, body)`` in a task of its own (so a graceful shutdown waits for it) and writes
-the ``(status, headers, body)`` it returns, with the server's default headers, in one write.
-Every other request, and every request to an application without direct routes, goes through
-ASGI as before, so the bounds of `spillway.api.protocol` apply to both.
+declared by ``Content-Length`` of at most `DIRECT_BODY` bytes. It reads that body, calls
+``handler(scope, body)`` and writes the ``(status, headers, body)`` it gets, with the
+server's default headers, in one write. The handler may return that answer, a future of it
+(Spillway's accept routes: no coroutine per request), or a coroutine, which runs as a task
+like an ASGI application's. A graceful shutdown waits for each: for a task as uvicorn does,
+for a future through its connection, which closes after the answer. Every other request, and
+every request to an application without direct routes, goes through ASGI as before, so the
+bounds of `spillway.api.protocol` apply to both.
 
-The handler must answer every request itself (problems included) and set ``content-length``.
+The handler must answer every request itself (problems included) and set ``content-length``;
+one that raises gets a 500 and its connection closed.
 """
 
 from __future__ import annotations
