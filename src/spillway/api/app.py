@@ -44,7 +44,9 @@ class SpillwayAPI(FastAPI):
     Authentication runs on the headers before anything reads a body. The accept routes
     (``POST /tasks``, ``/tasks/batch``, ``/process``) skip FastAPI's routing and dependency
     machinery, which costs more than the rest of accepting a task; their FastAPI routes
-    still exist, so they are documented and served the same way if called directly.
+    still exist, so they are documented and served the same way if called directly. Under
+    `spillway.api.serve`, a small ``POST /tasks`` or ``/process`` does not even reach ASGI:
+    the server answers it through `direct_route`.
     """
 
     spillway: Spillway
@@ -112,11 +114,6 @@ class SpillwayAPI(FastAPI):
             caller = self._identify(scope, path)
         except HTTPProblem as exc:
             return render(exc)
-        return await self._answer(scope, receive, path, handler, caller)
-
-    async def _answer(
-        self, scope: Scope, receive: Receive, path: str, handler: AcceptHandler, caller: str
-    ) -> Rendered:
         started = time.perf_counter()
         try:
             rendered = await handler(scope, receive, caller)
