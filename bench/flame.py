@@ -46,13 +46,14 @@ OTHER = "other Python: our code outside the parts above, asyncio, library glue"
 ACCEPT_PARTS = {
     "validate + serialise (pydantic, orjson)": ("Spillway.prepare", "model_validate"),
     "write to Redis (coalesced pipeline, redis-py, hiredis)": ("Broker._flush_accepts",),
-    "read the body, parse JSON": ("Accept._read_json",),
+    "read the body, parse JSON": ("Accept._read_json", "parse_json"),
     "answer (the protocol writes it; ASGI send for the others)": (
         "write_answer",
         "send_rendered",
     ),
-    "read the request (the protocol: httptools and its callbacks)": ("data_received",),
     "metrics": ("accept_answered", "task_accepted"),
+    # Last: the direct routes run the parts above from the parser's callbacks.
+    "read the request (the protocol: httptools and its callbacks)": ("data_received",),
 }
 WORKER_PARTS = {
     "run the handlers (validate the payload, call)": ("TaskDef.call", "TaskDef.validate"),
