@@ -40,6 +40,7 @@ class EchoApp:
     started: asyncio.Event = field(default_factory=asyncio.Event)  # a direct handler began
 
     style: str = "coroutine"  # how the direct handler answers: coroutine, now or future
+    close: bool = False  # the direct answer says `connection: close` itself
 
     def direct_route(self, scope: Scope) -> DirectHandler | None:
         if scope["path"] != "/direct":
@@ -56,7 +57,10 @@ class EchoApp:
         if self.fail:
             raise RuntimeError("a bug in the handler")
         self.done.append(body)
-        return _answer(b"direct", body, 202)
+        status, headers, out = _answer(b"direct", body, 202)
+        if self.close:
+            headers.append((b"connection", b"close"))
+        return status, headers, out
 
     def future(self, scope: Scope, body: bytes) -> asyncio.Future[Rendered]:
         """The answer's future, as Spillway answers once Redis has the task."""
@@ -276,3 +280,21 @@ async def test_a_shutdown_waits_for_a_direct_answer_and_closes_after_it(served: 
     assert head.startswith(b"HTTP/1.1 202 ")
     assert b"connection: close\r\n" in head
     assert body == b"3"
+
+
+async def test_an_answer_that_closes_is_sent_with_one_connection_header(served: Served) -> None:
+    served.app.style = "now"
+    served.app.close = True
+    reader, writer = await served.connect()
+    try:
+        writer.write(_post("/direct", b"abc"))
+        head, body = await _read_answer(reader)
+        async with asyncio.timeout(5):
+            rest = await reader.read()
+    finally:
+        writer.close()
+
+    assert head.startswith(b"HTTP/1.1 202 ")
+    assert head.lower().count(b"connection: ") == 1
+    assert body == b"3"
+    assert rest == b""  # closed

@@ -29,14 +29,14 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from functools import partial
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from spillway.api.problems import Rendered
 
-__all__ = ["DIRECT_BODY", "DirectApp", "DirectHandler", "DirectProtocol"]
+__all__ = ["DIRECT_BODY", "DirectHandler", "DirectProtocol"]
 
 log = logging.getLogger("spillway.api")
 
@@ -52,12 +52,6 @@ _FAILED: Rendered = (
     [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21")],
     b"Internal Server Error",
 )
-
-
-class DirectApp(Protocol):
-    """An ASGI application with direct routes."""
-
-    def direct_route(self, scope: Scope) -> DirectHandler | None: ...
 
 
 class _NoEvent:
@@ -198,13 +192,14 @@ class DirectProtocol(HttpToolsProtocol):
         if cycle.disconnected or self.transport.is_closing():
             return  # the client is gone (a request pipelined behind this one holds `cycle`)
         content = [STATUS_LINE[status]]
-        closing = answer is _FAILED  # the handler failed: close after it
+        said_close = False  # the handler's headers close the connection themselves
         for name, value in (*self.server_state.default_headers, *headers):
             if name == b"connection" and b"close" in value.lower():
-                closing = True
+                said_close = True
             content += (name, b": ", value, b"\r\n")
-        keep_alive = cycle.keep_alive and not closing
-        if not keep_alive:
+        # A handler that failed is closed after, like one a shutdown asked to close.
+        keep_alive = cycle.keep_alive and answer is not _FAILED and not said_close
+        if not keep_alive and not said_close:
             content.append(b"connection: close\r\n")
         content += (b"\r\n", body)
         self.write_answer(b"".join(content))
