@@ -16,7 +16,9 @@ from pydantic import BaseModel
 
 from spillway import (
     BacklogFull,
+    BrokerUnavailable,
     IdempotencyConflict,
+    OutcomeUnknown,
     PayloadInvalid,
     ResultTimeout,
     Settings,
@@ -708,8 +710,6 @@ async def test_scripts_are_reloaded_after_redis_forgets_them(
 
 
 async def test_enqueue_many_with_redis_gone_refuses_each_item_quickly(settings: Settings) -> None:
-    from spillway import BrokerUnavailable
-
     async with own_server(settings) as (server, app):
 
         @app.task
@@ -728,8 +728,6 @@ async def test_enqueue_many_with_redis_gone_refuses_each_item_quickly(settings: 
 
 
 async def test_workers_drain_a_redis_that_is_full(settings: Settings) -> None:
-    from spillway import BrokerUnavailable
-
     big = settings.model_copy(update={"backlog_limit": 10**6})
     async with own_server(big, maxmemory="4mb") as (_, app):
 
@@ -753,25 +751,53 @@ async def test_workers_drain_a_redis_that_is_full(settings: Settings) -> None:
 
 
 async def test_a_503_from_a_frozen_redis_means_nothing_was_stored(settings: Settings) -> None:
-    from spillway import BrokerUnavailable
-
     async with own_server(settings) as (server, app):
 
         @app.task
         async def job(item: Item) -> None:
             return None
 
-        await app.connect()
+        await app.enqueue("job", {"n": 0})  # the connection the next write will go over
         server.pause()
         try:
             started = time.monotonic()
-            with pytest.raises(BrokerUnavailable):
+            with pytest.raises(OutcomeUnknown) as refused:  # it was sent: Redis may have run it
                 await app.enqueue("job", {"n": 1})
             assert time.monotonic() - started <= settings.redis_timeout * 2 + 0.2
+            # A write that could not even be sent (a new connection hangs) is a plain refusal.
+            with pytest.raises(BrokerUnavailable) as certain:
+                await app.enqueue("job", {"n": 2})
+            assert not isinstance(certain.value, OutcomeUnknown)
         finally:
             server.resume()
-        # Redis ran the queued accept script on waking, past its deadline: it wrote nothing.
-        assert (await app.stats()).queues[0].backlog == 0
+        # Redis ran the accept script on waking, past its deadline: it wrote nothing.
+        assert (await app.stats()).queues[0].backlog == 1
+        assert refused.value.task_id is not None
+        with pytest.raises(TaskNotFound):
+            await app.get(refused.value.task_id)
+
+
+async def test_a_task_written_after_its_caller_gave_up_is_reported(
+    app: Spillway, caplog: pytest.LogCaptureFixture
+) -> None:
+    @app.task
+    async def job(item: Item) -> None:
+        return None
+
+    await app.connect()
+    request = app.prepare("job", {"n": 1})
+    waiting = app.write_soon(request)
+    # What the budget's timer does when Redis answers too late: the caller is answered 503.
+    waiting.set_exception(BrokerUnavailable("Redis did not answer within 1 s"))
+    with caplog.at_level("WARNING", logger="spillway.broker"):
+        # Accepts are written in order: once a later one is answered, the first reply was read.
+        await app.enqueue("job", {"n": 2})
+    with pytest.raises(BrokerUnavailable):
+        waiting.result()
+    # Redis did write it (its reply came after the caller's answer), and the log says which.
+    assert (await app.get(request.task_id)).status is TaskStatus.QUEUED
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(request.task_id in w and "503" in w for w in warnings), warnings
 
 
 async def test_replay_finds_a_dead_letter_whose_record_has_expired(

@@ -16,6 +16,7 @@ from spillway.errors import (
     BacklogFull,
     BrokerUnavailable,
     IdempotencyConflict,
+    OutcomeUnknown,
     PayloadInvalid,
     ResultTimeout,
     SpillwayError,
@@ -305,6 +306,9 @@ class Spillway:
         """One chunk of `enqueue_many`: Redis trouble refuses just its items, each on its own."""
         try:
             await self.accept_prepared(results, requests)
+        except OutcomeUnknown as exc:  # each names the task it may be
+            for i, r in requests:
+                results[i] = EnqueueResult(task_id=None, error=exc.naming(r.task_id))
         except BrokerUnavailable as exc:
             for i, _ in requests:
                 results[i] = EnqueueResult(task_id=None, error=exc)

@@ -26,6 +26,7 @@ from spillway.errors import (
     BrokerUnavailable,
     ConfigurationError,
     IdempotencyConflict,
+    OutcomeUnknown,
     PayloadInvalid,
     ResultTimeout,
     SpillwayError,
@@ -73,6 +74,8 @@ def error_from_problem(
         case "backlog-full":
             limit = int(problem.get("limit", 0))
             return BacklogFull(str(problem.get("queue", "")), limit, retry_after=wait)
+        case "outcome-unknown":
+            return OutcomeUnknown(detail, retry_after=wait, task_id=task_id or None)
         case "broker-unavailable":
             return BrokerUnavailable(detail, retry_after=wait)
         case "task-not-found":

@@ -109,6 +109,23 @@ class BrokerUnavailable(SpillwayError):
         self.retry_after = retry_after
 
 
+class OutcomeUnknown(BrokerUnavailable):
+    """Redis's connection broke after the task was sent and before Redis answered.
+
+    Redis may have written the task (it can run a script and die before its reply leaves), so
+    this refusal is not proof that nothing was enqueued: `task_id` names the task it would be.
+    Any other `BrokerUnavailable` from an enqueue is: nothing was written.
+    """
+
+    def __init__(self, detail: str, retry_after: float = 1.0, task_id: str | None = None) -> None:
+        super().__init__(detail, retry_after)
+        self.task_id = task_id
+
+    def naming(self, task_id: str) -> OutcomeUnknown:
+        """The same error for one task of the batch it hit."""
+        return OutcomeUnknown(str(self), self.retry_after, task_id)
+
+
 class TaskNotFound(SpillwayError):
     """No task has this id, or its record has expired."""
 

@@ -7,8 +7,10 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from tests.api.servers import ApiServer, drain
 
+from spillway import TaskNotFound
 from spillway.embedded import EmbeddedRedis
 
 RESIZE = {"url": "https://example.com/cat.jpg", "width": 3, "height": 4}
@@ -40,11 +42,20 @@ async def test_paused_redis_gives_503_within_the_timeout_and_healthz_stays_fast(
     assert [a.status_code for a in answers] == [503] * 10
     for answer in answers:
         assert answer.headers["retry-after"] == "1"
-        assert answer.json()["type"] == "urn:spillway:problem:broker-unavailable"
+    # Writes sent to the frozen Redis may have run before it froze: their outcome is unknown,
+    # and each answer names its task. The others (and the reads) are plain refusals.
+    kinds = [a.json()["type"].rsplit(":", 1)[1] for a in answers]
+    assert set(kinds[:8]) <= {"outcome-unknown", "broker-unavailable"}
+    assert "outcome-unknown" in kinds[:8]
+    assert kinds[8:] == ["broker-unavailable"] * 2
+    unknown = [a.json()["task_id"] for a in answers[:8] if "outcome" in a.json()["type"]]
     assert health.status_code == 200
     assert health_elapsed < 0.2
     after = await http.post("/tasks", json=TASK)
     assert after.status_code == 202
+    # Redis ran those writes when it woke, past their deadline: none of them was written.
+    looked_up = [(await http.get(f"/tasks/{task_id}")).status_code for task_id in unknown]
+    assert looked_up == [404] * len(unknown)
 
 
 async def test_full_backlog_is_429_with_retry_after_and_trims_nothing(
@@ -89,3 +100,52 @@ def test_sigterm_stops_the_server_cleanly(redis_server: EmbeddedRedis, tmp_path:
 
     assert code == 0
     assert "Traceback" not in server.log()
+
+
+def _unread_bytes(port: int) -> int:
+    """Bytes that reached the sockets of a server listening on `port` and that it has not read
+    (from /proc/net/tcp: a frozen server reads nothing)."""
+    unread = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].split(":")[1], 16)
+        if local_port == port:
+            unread += int(fields[4].split(":")[1], 16)
+    return unread
+
+
+async def test_a_connection_lost_after_the_write_was_sent_is_a_503_naming_the_task(
+    tmp_path: Path,
+) -> None:
+    with EmbeddedRedis() as redis:
+        server = ApiServer(redis.url, env={"SPILLWAY_REDIS_TIMEOUT": "5"}).start(tmp_path)
+        app = server.spillway()
+        try:
+            async with httpx.AsyncClient(base_url=server.url, timeout=30.0) as http:
+                assert (await http.post("/tasks", json=TASK)).status_code == 202
+                redis.pause()
+                answer = asyncio.ensure_future(http.post("/tasks", json=TASK))
+                # Redis dies with the task's write in its socket: it could as well have run it.
+                deadline = time.monotonic() + 10
+                # A socket's queue has no event to wait for: it is polled.
+                while _unread_bytes(redis.port) < 200 and time.monotonic() < deadline:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+                redis.kill()
+                refused = await answer
+                # A write that never reached Redis is refused as a certain 503.
+                certain = await http.post("/tasks", json=TASK)
+                redis.restart()
+                problem = refused.json()
+                # Here Redis was frozen, so it had not run the write: the task id says so.
+                with pytest.raises(TaskNotFound):
+                    await app.get(problem["task_id"])
+        finally:
+            await app.close()
+            server.stop()
+
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "1"
+    assert problem["type"] == "urn:spillway:problem:outcome-unknown"
+    assert problem["task_id"] in problem["detail"]
+    assert certain.status_code == 503
+    assert certain.json()["type"] == "urn:spillway:problem:broker-unavailable"

@@ -166,12 +166,16 @@ def check(
     expected_runs: dict[str, int] | None = None,
     run_once_types: tuple[str, ...] = ("work", "slow"),
     refusals_are_certain: bool = True,
+    fault_at: float | None = None,
 ) -> Verdict:
     """The global invariants of every scenario, recorded on `verdict`.
 
     `expected_runs` maps a task type to the executions each of its tasks must have at most
     (default 1: anything beyond the first run is a duplicate). With `refusals_are_certain`
     false, a 503 counts as indeterminate (it may follow a timeout after the write was sent).
+    With `fault_at` (when the fault began), a 503 whose outcome was unknown and whose task was
+    written must have been sent before it: Redis ran it just before it was stopped or killed.
+    Anything sent later must have been refused for certain (the accept script's deadline).
     """
     runs_allowed = {t: 1 for t in run_once_types} | (expected_runs or {})
     accepted = history.accepted()
@@ -215,14 +219,32 @@ def check(
     mismatched = [k for k, ids in accepted.items() if not ids <= by_key.get(k, set())]
     verdict.check("202 ids match the stored tasks", not mismatched, mismatched[:3])
 
-    # A refusal (an answer other than 202) must mean nothing was stored.
+    # A refusal (an answer other than 202) must mean nothing was stored, except the 503 that
+    # says the outcome is unknown (Redis's connection broke after the write was sent).
     answered = {op.key for op in history.ops if op.status is not None}
     refused_only = answered - set(accepted)
     unsure = (None,) if refusals_are_certain else (None, 503)
-    indeterminate = {op.key for op in history.ops if op.status in unsure} - set(accepted)
+    indeterminate = {
+        op.key
+        for op in history.ops
+        if op.status in unsure or op.problem.endswith(":outcome-unknown")
+    } - set(accepted)
     refused_stored = sorted(k for k in refused_only - indeterminate if k in by_key)
     verdict.notes["indeterminate"] = len(indeterminate)
     verdict.notes["recovered"] = len([k for k in indeterminate if k in by_key])
+    if fault_at is not None:
+        unknown = [op for op in history.ops if op.problem.endswith(":outcome-unknown")]
+        written_late = sorted(
+            op.key
+            for op in unknown
+            if op.key in by_key and op.key not in accepted and op.start > fault_at
+        )
+        verdict.notes["outcome_unknown"] = len(unknown)
+        verdict.check(
+            "outcome-unknown 503s written only if sent before the fault",
+            not written_late,
+            written_late[:5],
+        )
     verdict.check("refused requests stored nothing", not refused_stored, refused_stored[:5])
 
     # No 5xx but 503; every 429/503 says when to come back.

@@ -23,6 +23,7 @@ from spillway.errors import (
     BrokerUnavailable,
     ConfigurationError,
     IdempotencyConflict,
+    OutcomeUnknown,
     PayloadInvalid,
     ResultTimeout,
     SpillwayError,
@@ -78,6 +79,7 @@ _CORE: list[tuple[type[SpillwayError], str, int, str]] = [
     (PayloadInvalid, "payload-invalid", 422, "Invalid payload"),
     (IdempotencyConflict, "idempotency-key-reused", 422, "Idempotency key reused"),
     (BacklogFull, "backlog-full", 429, "Backlog full"),
+    (OutcomeUnknown, "outcome-unknown", 503, "Queue unavailable, outcome unknown"),
     (BrokerUnavailable, "broker-unavailable", 503, "Queue unavailable"),
     (TaskNotFound, "task-not-found", 404, "Task not found"),
     (TaskNotCancellable, "task-not-cancellable", 409, "Task not cancellable"),
@@ -200,6 +202,13 @@ def _core(exc: SpillwayError, body_loc: tuple[str | int, ...]) -> Problem:
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
         if isinstance(exc, BacklogFull):
             extra = {"queue": exc.queue, "limit": exc.limit}
+        elif isinstance(exc, OutcomeUnknown) and exc.task_id:
+            extra = {"task_id": exc.task_id}
+            detail = (
+                "the task queue's connection broke before it confirmed the write, so the task "
+                f"may have been enqueued as {exc.task_id}: GET /tasks/{exc.task_id} tells, or "
+                "send tasks with an Idempotency-Key to retry them safely"
+            )
         else:
             detail = "the task queue is unreachable or too slow; nothing was enqueued"
     elif isinstance(exc, TaskNotFound | TaskNotCancellable):

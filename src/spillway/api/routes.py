@@ -87,7 +87,9 @@ def add_accept_routes(api: FastAPI, fast: dict[str, AcceptHandler]) -> None:
         responses={202: {"headers": _LOCATION}, **_ACCEPT_PROBLEMS},
         openapi_extra={"requestBody": body("NewTask"), "parameters": [_IDEMPOTENCY_KEY]},
         description="Validates the task, writes it durably to Redis, then answers 202 with its "
-        "id. Nothing is enqueued when the answer is not 202.",
+        "id. Nothing is enqueued when the answer is not 202, except a 503 of type "
+        "`outcome-unknown`: Redis's connection broke after the write was sent, so the task may "
+        "exist; that answer names its `task_id` for `GET /tasks/{task_id}`.",
     )
     api.add_api_route(
         "/tasks/batch",

@@ -178,11 +178,18 @@ class Pipes:
         self._opening = 0
         self._pid = os.getpid()
 
-    async def exchange(self, commands: list[list[Any]], wait: list[Any] | None) -> list[Any]:
-        """Send the commands (then `wait`, a WAIT command); their replies, errors as exceptions."""
+    async def exchange(
+        self, commands: list[list[Any]], wait: list[Any] | None, batch: Batch | None = None
+    ) -> list[Any]:
+        """Send the commands (then `wait`, a WAIT command); their replies, errors as exceptions.
+
+        `batch.sent` is set once they are written to a connection.
+        """
         pipe = await self._take()
         sent = [*commands, wait] if wait else commands
         future = pipe.exchange(b"".join(pack(c) for c in sent), len(sent))
+        if batch is not None:
+            batch.sent = True
         timer = asyncio.get_running_loop().call_later(self.timeout, _expire, future, pipe.where)
         try:
             replies = await future
@@ -244,10 +251,15 @@ def _expire(future: asyncio.Future[list[Any]], where: str) -> None:
 
 
 class Batch:
-    """Commands collected for one round trip."""
+    """Commands collected for one round trip.
+
+    `sent` tells whether any of them were written to a connection: if the round trip then
+    fails (a timeout, a broken connection), Redis may have run them.
+    """
 
     def __init__(self, wait_replicas: int = 0, wait_ms: int = 0) -> None:
         self.commands: list[list[Any]] = []
+        self.sent = False
         # WAIT for this many replicas after the batch (0: answer as soon as the primary has it).
         self.wait = ["WAIT", wait_replicas, wait_ms] if wait_replicas else None
 
@@ -260,7 +272,7 @@ class Batch:
         if not indices:
             return []
         if isinstance(target, Pipes):
-            return await target.exchange([self.commands[i] for i in indices], self.wait)
+            return await target.exchange([self.commands[i] for i in indices], self.wait, self)
         return await self._send_cluster(target, indices)
 
     async def _send_cluster(self, cluster: RedisCluster, indices: list[int]) -> list[Any]:
@@ -321,6 +333,7 @@ class Batch:
                 by_node.setdefault(node.name, (node, []))[1].append(i)
         for node, idx in by_node.values():
             conn = node.acquire_connection()
+            self.sent = True  # from here on, it may have reached Redis
             try:
                 sent = [c for i in idx for c in (["ASKING"], self.commands[i])]
                 got = await _exchange(conn, sent, self.wait)
@@ -330,6 +343,7 @@ class Batch:
 
     async def _send_node(self, node: ClusterNode, indices: list[int]) -> list[Any]:
         conn = node.acquire_connection()
+        self.sent = True  # from here on, it may have reached Redis
         try:
             return await _exchange(conn, [self.commands[i] for i in indices], self.wait)
         finally:
