@@ -777,6 +777,23 @@ async def test_a_503_from_a_frozen_redis_means_nothing_was_stored(settings: Sett
             await app.get(refused.value.task_id)
 
 
+async def test_the_first_commands_after_a_redis_restart_succeed(settings: Settings) -> None:
+    async with own_server(settings) as (server, app):
+
+        @app.task
+        async def job(item: Item) -> None:
+            return None
+
+        task_id = await app.enqueue("job", {"n": 1})
+        assert (await app.get(task_id)).status is TaskStatus.QUEUED  # a pooled connection
+        server.kill()  # no persistence: it comes back empty
+        await asyncio.to_thread(server.restart)  # the loop runs meanwhile, as a server's would
+        # Each pooled connection Redis closed is replaced when taken, not failed once first.
+        with pytest.raises(TaskNotFound):
+            await app.get(task_id)
+        assert (await app.stats()).queues[0].backlog == 0
+
+
 async def test_a_task_written_after_its_caller_gave_up_is_reported(
     app: Spillway, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -16,6 +16,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.maint_notifications import MaintNotificationsConfig
 
 from spillway.errors import ConfigurationError
 
@@ -52,6 +53,10 @@ def make_client(
                 max_connections=max_connections,
                 timeout=connect_timeout,
                 health_check_interval=30,
+                # redis-py 8 skips its check for a connection Redis closed (a restart) when
+                # these notifications are on, and "auto" counts as on: the first command on
+                # each pooled connection after a restart failed, a 503 for a live Redis.
+                maint_notifications_config=MaintNotificationsConfig(enabled=False),
                 **options,
             )
         )
