@@ -578,12 +578,20 @@ def _verdicts(results: dict[int, dict[str, list[Figures]]]) -> list[str]:
         floor_verdict = (
             f"which leaves {budget - floor_cpu:.0f} us for everything but the write itself"
         )
+    reach = within / ceiling_rps
+    ceiling_verdict = met(vs_ceiling >= 0.7)
+    if vs_ceiling < 0.7 <= reach:
+        ceiling_verdict += f" (within reach: {reach:.2f}x, below)"
+    elif vs_ceiling < 0.7:
+        ceiling_verdict = (
+            f"**missed**, and out of reach here: a durable accept of this contract can reach "
+            f"{reach:.2f}x at most (below)"
+        )
     return [
         "| target (Spillway `POST /tasks`) | measured | |",
         "| --- | --- | --- |",
         f"| >= 10x the seed-faithful baseline | {vs_seed:.1f}x | {met(vs_seed >= 10)} |",
-        f"| >= 0.7x the same server's no-work ceiling | {vs_ceiling:.2f}x "
-        f"| {met(vs_ceiling >= 0.7)} |",
+        f"| >= 0.7x the same server's no-work ceiling | {vs_ceiling:.2f}x | {ceiling_verdict} |",
         f"| p99 <= 25 ms at {connections} connections | {p99:.1f} ms | {met(p99 <= 25)} |",
         f"| 0 non-2xx (every connection count) | {bad} | {met(bad == 0)} |",
         f"| every 202 durable | {lost} missing | {met(lost == 0)} |",

@@ -333,8 +333,9 @@ class Batch:
                 by_node.setdefault(node.name, (node, []))[1].append(i)
         for node, idx in by_node.values():
             conn = node.acquire_connection()
-            self.sent = True  # from here on, it may have reached Redis
             try:
+                await conn.connect()  # type: ignore[no-untyped-call]  # at once if connected
+                self.sent = True  # from here on, it may have reached Redis
                 sent = [c for i in idx for c in (["ASKING"], self.commands[i])]
                 got = await _exchange(conn, sent, self.wait)
             finally:
@@ -343,8 +344,9 @@ class Batch:
 
     async def _send_node(self, node: ClusterNode, indices: list[int]) -> list[Any]:
         conn = node.acquire_connection()
-        self.sent = True  # from here on, it may have reached Redis
         try:
+            await conn.connect()  # type: ignore[no-untyped-call]  # at once if connected
+            self.sent = True  # from here on, it may have reached Redis
             return await _exchange(conn, [self.commands[i] for i in indices], self.wait)
         finally:
             node.release(conn)
