@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from spillway import (
     BacklogFull,
     BrokerUnavailable,
+    EnqueueItem,
     IdempotencyConflict,
     OutcomeUnknown,
     PayloadInvalid,
@@ -531,6 +532,50 @@ async def test_enqueue_many_accepts_each_item_on_its_own(app: Spillway) -> None:
     assert [await app.result(i, timeout=1) for i in ok] == [2, 4]
 
 
+async def test_one_batch_of_several_queues_and_keys_writes_each_task_where_it_belongs(
+    app: Spillway,
+) -> None:
+    # One accept batch groups its tasks by shard and queue, and hands each task with an
+    # idempotency key the key that is its own: interleaving them must not mix them up.
+    @app.task(queue="fast")
+    async def ping(item: Item) -> int:
+        return item.n
+
+    @app.task(queue="slow")
+    async def pong(item: Item) -> int:
+        return -item.n
+
+    items = [
+        EnqueueItem("ping", {"n": 1}, idempotency_key="a"),
+        EnqueueItem("pong", {"n": 2}),
+        EnqueueItem("ping", {"n": 3}, idempotency_key="b"),
+        EnqueueItem("pong", {"n": 4}, idempotency_key="c", delay=60),
+        EnqueueItem("ping", {"n": 1}, idempotency_key="a"),  # the first one again
+        EnqueueItem("ping", {"n": 5}, idempotency_key="b"),  # key b, another request
+        EnqueueItem("pong", {"n": 6}),
+    ]
+    results = await app.enqueue_many(items)
+    first_a, plain, first_b, delayed, again_a, other_b, last = results
+    assert again_a.duplicate
+    assert again_a.task_id == first_a.task_id
+    assert isinstance(other_b.error, IdempotencyConflict)
+    assert other_b.error.task_id == first_b.task_id
+    written = [first_a, plain, first_b, delayed, last]
+    assert all(r.ok and not r.duplicate for r in written)
+    assert len({r.task_id for r in written}) == 5
+
+    records = [await app.get(cast(str, r.task_id)) for r in written]
+    assert [(r.type, r.queue, r.payload) for r in records] == [
+        ("ping", "fast", {"n": 1}), ("pong", "slow", {"n": 2}), ("ping", "fast", {"n": 3}),
+        ("pong", "slow", {"n": 4}), ("pong", "slow", {"n": 6}),
+    ]  # fmt: skip
+    assert [r.status for r in records] == [TaskStatus.QUEUED] * 5
+    assert records[3].due_at is not None
+    assert all(r.due_at is None for r in records[:3])
+    stats = {q.queue: (q.backlog, q.delayed) for q in (await app.stats()).queues}
+    assert stats == {"fast": (2, 0), "slow": (2, 1)}
+
+
 async def test_stats_show_backlog_dead_letters_live_workers_and_counts(app: Spillway) -> None:
     release = asyncio.Event()
 
@@ -707,6 +752,46 @@ async def test_scripts_are_reloaded_after_redis_forgets_them(
     await drain(app)
     assert await app.result(first, timeout=1) == {"text": "before"}
     assert await app.result(second, timeout=1) == {"text": "après ✓ 🌊"}
+
+
+async def test_a_group_redis_runs_after_the_deadline_refuses_only_its_own_tasks(
+    app: Spillway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One batch is one accept script call per shard and queue, each checking the deadline
+    # when Redis runs it. If the deadline passes between two of them, the first wrote its
+    # tasks: they are accepted, and only the second group's callers are refused.
+    @app.task(queue="first")
+    async def one(item: Item) -> None:
+        return None
+
+    @app.task(queue="second")
+    async def two(item: Item) -> None:
+        return None
+
+    await app.connect()
+    scripts = app.broker.scripts
+    queue_script = scripts.queue
+    late_streams = {shard.stream("second") for shard in app.broker.keys.all_shards()}
+
+    def clock_passes_before_the_second(
+        pipe: Any, name: str, keys: list[str], args: list[Any]
+    ) -> None:
+        if name == "accept" and keys[0] in late_streams:
+            args = [*args[:2], 1, *args[3:]]  # its deadline: long past when Redis runs it
+        queue_script(pipe, name, keys, args)
+
+    monkeypatch.setattr(scripts, "queue", clock_passes_before_the_second)
+    results = await app.enqueue_many([("one", {"n": 1}), ("two", {"n": 2}), ("one", {"n": 3})])
+    monkeypatch.undo()
+
+    first, second, third = results
+    assert first.ok
+    assert third.ok
+    assert isinstance(second.error, BrokerUnavailable)
+    assert not isinstance(second.error, OutcomeUnknown)  # Redis said: not written
+    assert [(await app.get(cast(str, r.task_id))).queue for r in (first, third)] == ["first"] * 2
+    stats = {q.queue: q.backlog for q in (await app.stats()).queues}
+    assert stats == {"first": 2, "second": 0}
 
 
 async def test_enqueue_many_with_redis_gone_refuses_each_item_quickly(settings: Settings) -> None:

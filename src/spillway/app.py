@@ -341,6 +341,8 @@ class Spillway:
             return EnqueueResult(task_id=reply.task_id, duplicate=True)
         if reply.status == "conflict":
             raise IdempotencyConflict(request.idempotency_key or "", reply.task_id)
+        if reply.status == "late":
+            raise BrokerUnavailable("Redis ran the accept after its deadline: not written")
         raise BacklogFull(request.queue, self.settings.backlog_limit, retry_after=1.0)
 
     # --- reading -----------------------------------------------------------------------------

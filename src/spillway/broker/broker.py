@@ -52,6 +52,9 @@ log = logging.getLogger("spillway.broker")
 
 __all__ = ["Broker"]
 
+# The reply of a task whose accept script Redis ran after the deadline: it wrote nothing.
+_LATE = AcceptReply("late", "")
+
 # A request waiting for the next accept batch, and its caller.
 _Waiting = tuple[AcceptRequest, "asyncio.Future[AcceptReply]"]
 
@@ -288,13 +291,15 @@ class Broker(Admin):
     ) -> list[AcceptReply]:
         """Write many tasks in one round trip; each is accepted or refused on its own.
 
-        One accept script call per shard (its keys share a slot), all in one pipeline.
-        `deadline` (Redis clock, ms) is when the callers give up: past it nothing is written.
+        One accept script call per shard and queue (its keys share a slot), all in one
+        pipeline. `deadline` (Redis clock, ms) is when the callers give up: past it nothing is
+        written.
         """
         limit = max(1, -(-self.settings.backlog_limit // self.settings.shards))
-        by_shard: dict[int, list[int]] = {}
+        shards = self.settings.shards
+        groups: dict[tuple[int, str], list[int]] = {}
         for i, r in enumerate(requests):
-            by_shard.setdefault(shard_of(r.task_id, self.settings.shards), []).append(i)
+            groups.setdefault((shard_of(r.task_id, shards), r.queue), []).append(i)
 
         # The callers give up at their deadline, or when the reply takes longer than the socket
         # timeout from now, whichever comes first.
@@ -307,38 +312,42 @@ class Broker(Admin):
             policies.clear()
 
         def build(pipe: Batch) -> None:
-            for k, idx in by_shard.items():
+            for (k, queue), idx in groups.items():
                 shard = self.keys.shard(k)
-                keys: list[str] = []
-                args: list[Any] = [limit, self._idempotency_ttl_ms, script_deadline]
-                # Most tasks of a batch share their queue and policy: the queue's key names are
-                # made once per batch, a policy's text once (formatting floats is not cheap).
-                queue_keys: dict[str, tuple[str, str]] = {}
+                records: list[str] = []
+                idems: list[str] = []
+                args: list[Any] = [limit, self._idempotency_ttl_ms, script_deadline, queue]
                 for i in idx:
                     r = requests[i]
-                    idem = shard.idempotency(r.idempotency_key) if r.idempotency_key else shard.base
-                    qk = queue_keys.get(r.queue)
-                    if qk is None:
-                        qk = queue_keys[r.queue] = (shard.stream(r.queue), shard.due(r.queue))
-                    keys += (shard.task(r.task_id), *qk, idem)
+                    records.append(shard.task(r.task_id))
+                    if r.idempotency_key:
+                        idems.append(shard.idempotency(r.idempotency_key))
                     args += (
-                        r.task_id, r.type, r.queue, r.payload,
-                        r.fingerprint if r.idempotency_key else "", r.delay_ms,
+                        r.task_id, r.type, r.payload, r.delay_ms,
                         policies.get((r.max_retries, r.timeout, r.retry_base, r.retry_cap))
                         or _policy(policies, r),
+                        r.fingerprint if r.idempotency_key else "",
                     )  # fmt: skip
+                keys = [shard.stream(queue), shard.due(queue), *records, *idems]
                 self.scripts.queue(pipe, "accept", keys, args)
 
         replies: list[AcceptReply | None] = [None] * len(requests)
         written = await self._pipeline(build, replicated=True, batch=batch)
-        for idx, items in zip(by_shard.values(), written, strict=True):
-            for i, (status, value) in zip(idx, items, strict=True):
-                if status == "late":
-                    raise BrokerUnavailable("Redis ran the accept after its deadline: not written")
-                if status == "full":
-                    replies[i] = AcceptReply("full", "", backlog=int(value))
+        for idx, items in zip(groups.values(), written, strict=True):
+            if items == "late":
+                # Only this group: one that Redis ran before it, still in time, was written.
+                for i in idx:
+                    replies[i] = _LATE
+                continue
+            for i, item in zip(idx, items, strict=True):
+                if item == 1:
+                    replies[i] = AcceptReply("ok", requests[i].task_id)
                 else:
-                    replies[i] = AcceptReply(str(status), str(value))
+                    status, _, value = str(item).partition("|")
+                    if status == "full":
+                        replies[i] = AcceptReply("full", "", backlog=int(value))
+                    else:
+                        replies[i] = AcceptReply(status, value)
         return [r for r in replies if r is not None]
 
     def _batch(self, *, replicated: bool = False) -> Batch:

@@ -84,7 +84,10 @@ class AcceptRequest:
 
 @dataclass(slots=True)
 class AcceptReply:
-    """`status` is ok, duplicate, conflict or full; `task_id` is the (existing) task's id."""
+    """`status` is ok, duplicate, conflict, full or late; `task_id` is the (existing) task's id.
+
+    Late: Redis ran the write after its callers' deadline, so it wrote nothing.
+    """
 
     status: str
     task_id: str

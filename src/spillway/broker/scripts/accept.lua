@@ -1,59 +1,63 @@
--- accept: for each task of a batch (all in one shard), atomically: idempotency check, backlog
--- limit, task record, and XADD (or ZADD into the due set when delayed). Nothing is trimmed.
--- KEYS[4i-3..4i] for task i: its record (hash), the shard stream of its queue, that queue's due
---   set (zset), its idempotency key (any key of the shard when it has none)
+-- accept: for each task of a batch (all in one shard and one queue), atomically: idempotency
+-- check, backlog limit, task record, and XADD (or ZADD into the due set when delayed). Nothing
+-- is trimmed.
+-- KEYS[1] the queue's shard stream   KEYS[2] its due set (zset)
+-- KEYS[2+i] task i's record (hash), for the n tasks; after them, in task order, the
+--   idempotency key of each task that has one
 -- ARGV[1] backlog limit per shard stream   ARGV[2] idempotency TTL (ms)
 -- ARGV[3] deadline (server clock, ms; 0 = none): past it, the caller has already answered 503,
 --   so nothing may be written
--- ARGV[4+7(i-1)..] for task i: id, type, queue, payload (JSON), fingerprint ('' = no key),
---   delay (ms, 0 = now), policy 'max_retries|timeout|retry_base|retry_cap'
+-- ARGV[4] the queue's name
+-- ARGV[5+6(i-1)..] for task i: id, type, payload (JSON), delay (ms, 0 = now),
+--   policy 'max_retries|timeout|retry_base|retry_cap', fingerprint ('' = no idempotency key)
+-- What the queue's tasks share (its keys and name) comes once per batch, not once per task:
+-- each argument is parsed, copied into Lua and packed by the caller, and the per-task four
+-- fewer took ~1 us of Redis and ~1.5 us of the caller's Python off every accept.
 -- The policy is stored as it comes, in one record field: each field of a new record costs
 -- Redis ~0.6 us, and one field where there were four took an accept from ~13 to ~10.5 us.
--- Returns one reply per task: {'ok', id} | {'duplicate', id} | {'conflict', id} | {'full', n}
---   | {'late', ''} (all of them, when the deadline has passed)
-local limit, idem_ttl = tonumber(ARGV[1]), ARGV[2]
+-- Returns one reply per task: 1 when it was written (under the id it was sent with), else
+-- 'duplicate|<id>' or 'conflict|<id>' (the id the key's first task has) or 'full|<backlog>';
+-- or the single string 'late' when the deadline has passed (nothing was written). A flat
+-- reply, not a {status, id} pair per task: ~2 us less per task for Redis to build and send.
+local limit, idem_ttl, queue = tonumber(ARGV[1]), ARGV[2], ARGV[4]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local created_at = string.format('%d', now)  -- formatted once, not once per task
-local out = {}
 local deadline = tonumber(ARGV[3])
 if deadline > 0 and now > deadline then
-  for i = 1, #KEYS / 4 do
-    out[i] = {'late', ''}
-  end
-  return out
+  return 'late'
 end
-local backlog = {}  -- per stream: entries (XLEN counts undelivered and in flight) + due tasks
-for i = 1, #KEYS / 4 do
-  local record, stream, due, idem = KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1], KEYS[4 * i]
-  local a = 4 + 7 * (i - 1)
-  local id, fingerprint = ARGV[a], ARGV[a + 4]
+local created_at = string.format('%d', now)  -- formatted once, not once per task
+local stream, due = KEYS[1], KEYS[2]
+local n = (#ARGV - 4) / 6
+-- Counted once per batch, then kept up to date here: each accept adds one. XLEN counts the
+-- entries undelivered and in flight, ZCARD the delayed tasks.
+local backlog = redis.call('XLEN', stream) + redis.call('ZCARD', due)
+local next_idem = 3 + n  -- the idempotency key of the next task that has one
+local out = {}
+for i = 1, n do
+  local a = 5 + 6 * (i - 1)
+  local id, fingerprint = ARGV[a], ARGV[a + 5]
+  local idem = nil
   local reply = nil
   if fingerprint ~= '' then
+    idem = KEYS[next_idem]
+    next_idem = next_idem + 1
     local previous = redis.call('GET', idem)
     if previous then
       local sep = string.find(previous, '|', 1, true)
       local previous_id = string.sub(previous, 1, sep - 1)
       if string.sub(previous, sep + 1) ~= fingerprint then
-        reply = {'conflict', previous_id}
+        reply = 'conflict|' .. previous_id
       else
-        reply = {'duplicate', previous_id}
+        reply = 'duplicate|' .. previous_id
       end
     end
   end
-  if not reply then
-    -- Counted once per stream and batch, then kept up to date here: each accept adds one.
-    local n = backlog[stream]
-    if not n then
-      n = redis.call('XLEN', stream) + redis.call('ZCARD', due)
-    end
-    if n >= limit then
-      reply = {'full', tostring(n)}
-    end
-    backlog[stream] = n
+  if not reply and backlog >= limit then
+    reply = 'full|' .. backlog
   end
   if not reply then
-    local delay = tonumber(ARGV[a + 5])
+    local record, delay = KEYS[2 + i], tonumber(ARGV[a + 3])
     -- Fields at their defaults are left out (attempts and prior_attempts 0, no due_at for a
     -- task queued now, no entry for a delayed one): every reader treats a missing field as its
     -- default, and each field left out is Redis CPU saved on every accepted task.
@@ -61,20 +65,20 @@ for i = 1, #KEYS / 4 do
       local due_at = now + delay
       redis.call('ZADD', due, due_at, id)
       redis.call('HSET', record,
-        'id', id, 'type', ARGV[a + 1], 'queue', ARGV[a + 2], 'payload', ARGV[a + 3],
-        'status', 'queued', 'policy', ARGV[a + 6], 'created_at', created_at,
+        'id', id, 'type', ARGV[a + 1], 'queue', queue, 'payload', ARGV[a + 2],
+        'status', 'queued', 'policy', ARGV[a + 4], 'created_at', created_at,
         'due_at', string.format('%d', due_at))
     else
       local entry = redis.call('XADD', stream, '*', 'id', id)
       redis.call('HSET', record,
-        'id', id, 'type', ARGV[a + 1], 'queue', ARGV[a + 2], 'payload', ARGV[a + 3],
-        'status', 'queued', 'policy', ARGV[a + 6], 'created_at', created_at, 'entry', entry)
+        'id', id, 'type', ARGV[a + 1], 'queue', queue, 'payload', ARGV[a + 2],
+        'status', 'queued', 'policy', ARGV[a + 4], 'created_at', created_at, 'entry', entry)
     end
-    if fingerprint ~= '' then
+    if idem then
       redis.call('SET', idem, id .. '|' .. fingerprint, 'PX', idem_ttl)
     end
-    backlog[stream] = backlog[stream] + 1
-    reply = {'ok', id}
+    backlog = backlog + 1
+    reply = 1
   end
   out[i] = reply
 end
