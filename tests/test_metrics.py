@@ -186,6 +186,13 @@ async def test_every_metric_moves_as_tasks_flow(stack: Stack, app: Spillway) -> 
     assert value(worker, "spillway_task_run_duration_seconds_count", type="resize") == 3
     assert value(worker, "spillway_task_queue_wait_seconds_count", type="resize") == 3
 
+    async def both_workers_live() -> bool:
+        # One process may have run every task before the other's first heartbeat (seen on a
+        # slow machine in a fresh-clone CI run): wait for both to register, not for the tasks.
+        figures = await stack.scrape(f"{stack.api}/metrics")
+        return value(figures, "spillway_workers_live") == 2
+
+    await until(both_workers_live, what="both worker processes to register")
     after = await stack.scrape(f"{stack.api}/metrics")
     assert value(after, "spillway_queue_backlog", queue="default") == 0
     assert value(after, "spillway_queue_pending", queue="risky") == 0
