@@ -52,9 +52,6 @@ log = logging.getLogger("spillway.broker")
 
 __all__ = ["Broker"]
 
-# The reply of a task whose accept script Redis ran after the deadline: it wrote nothing.
-_LATE = AcceptReply("late", "")
-
 # A request waiting for the next accept batch, and its caller.
 _Waiting = tuple[AcceptRequest, "asyncio.Future[AcceptReply]"]
 
@@ -337,7 +334,7 @@ class Broker(Admin):
             if items == "late":
                 # Only this group: one that Redis ran before it, still in time, was written.
                 for i in idx:
-                    replies[i] = _LATE
+                    replies[i] = AcceptReply("late", "")
                 continue
             for i, item in zip(idx, items, strict=True):
                 if item == 1:
