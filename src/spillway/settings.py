@@ -47,6 +47,14 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(default=1_048_576, ge=64)
     max_json_depth: int = Field(default=32, ge=1, le=256)
     check_eviction_policy: bool = True
+    fast_path: bool = Field(
+        default=True,
+        description=(
+            "Use the fast paths built on other libraries' internals (uvicorn's protocol,"
+            " redis-py's connections, prometheus-client's values) when their start-up probe"
+            " passes; false: always the libraries' public APIs."
+        ),
+    )
     # Replication (see docs/scaling.md): after an accept, WAIT for this many replicas to have
     # the task before answering 202. It narrows, but cannot close, the window of accepted
     # tasks a failover can lose; 0 answers as soon as the primary has written it.
