@@ -38,7 +38,7 @@ async def test_three_shards_land_on_three_different_primaries(
     redis_cluster: EmbeddedCluster, key_prefix: str
 ) -> None:
     app = Spillway(cluster_settings(redis_cluster, key_prefix))
-    streams = list(app.broker.streams(["default"]))
+    streams = list(app.broker.core.streams(["default"]))
     assert len({owner(redis_cluster, s) for s in streams}) == 3
     await app.close()
 
@@ -57,7 +57,7 @@ async def test_tasks_spread_over_shards_and_all_complete(
     ids = [r.task_id for r in await app.enqueue_many([("echo", i) for i in range(300)])]
     per_stream = {}
     client = app.broker.client
-    for stream in app.broker.streams(["default"]):
+    for stream in app.broker.core.streams(["default"]):
         per_stream[stream] = await client.xlen(stream)
     assert sum(per_stream.values()) == 300
     assert min(per_stream.values()) > 50  # crc32 spreads ids evenly enough
@@ -144,7 +144,7 @@ async def test_a_shard_moved_to_another_primary_mid_run_loses_nothing(
                         refused += 1
                     await asyncio.sleep(0.002)
 
-            stream = next(iter(app.broker.streams(["default"])))
+            stream = next(iter(app.broker.core.streams(["default"])))
             source = owner(cluster, stream)
             target = next(n.port for n in cluster.nodes if n.port != source)
             worker = spawn_worker(env, "--concurrency", "20")
@@ -165,7 +165,9 @@ async def test_a_shard_moved_to_another_primary_mid_run_loses_nothing(
                 assert moved > 100  # the stream, its records and counters went over mid-run
 
                 async def settled() -> bool:
-                    statuses = [(await app.broker.get(i) or {}).get("status") for i in accepted]
+                    statuses = [
+                        (await app.broker.admin.get(i) or {}).get("status") for i in accepted
+                    ]
                     return all(s == "succeeded" for s in statuses)
 
                 deadline = time.monotonic() + 60

@@ -33,7 +33,7 @@ from spillway import (
     Worker,
 )
 from spillway.broker import GROUP, Delivery
-from spillway.broker.keys import new_task_id, shard_of
+from spillway.broker.keys import shard_of
 from spillway.embedded import EmbeddedRedis
 
 
@@ -68,21 +68,21 @@ def stream_key(app: Spillway, queue: str = "default") -> str:
 
 async def stream_lengths(app: Spillway, redis: aioredis.Redis) -> int:
     """Entries in every shard stream of the default queue."""
-    return sum([await redis.xlen(s) for s in app.broker.streams(["default"])])
+    return sum([await redis.xlen(s) for s in app.broker.core.streams(["default"])])
 
 
 async def pending(app: Spillway, redis: aioredis.Redis) -> int:
     """Delivered-but-unacknowledged entries over every shard stream of the default queue."""
     return sum(
-        [(await redis.xpending(s, GROUP))["pending"] for s in app.broker.streams(["default"])]
+        [(await redis.xpending(s, GROUP))["pending"] for s in app.broker.core.streams(["default"])]
     )
 
 
 async def read_everything(app: Spillway, consumer: str) -> list[Delivery]:
     """Read as `consumer` from each shard stream in turn (a read cannot span cluster slots)."""
     out: list[Delivery] = []
-    for stream, where in app.broker.streams(["default"]).items():
-        out += await app.broker.read(consumer, {stream: where}, 10, None)
+    for stream, where in app.broker.core.streams(["default"]).items():
+        out += await app.broker.work.read(consumer, {stream: where}, 10, None)
     return out
 
 
@@ -274,47 +274,6 @@ async def test_always_failing_task_is_dead_after_all_attempts_and_replay_runs_it
     assert await stream_lengths(app, redis) == 0
 
 
-async def test_a_record_written_before_the_policy_field_keeps_its_policy(
-    app: Spillway, redis: aioredis.Redis
-) -> None:
-    """Records queued by a version that kept the retry policy in four fields of their own still
-    run, retry, time out, dead-letter and replay by that policy, not the task's defaults."""
-    runs: list[float] = []
-
-    @app.task(max_retries=0, timeout=60, retry_base=5, retry_jitter=False)
-    async def legacy(item: Item) -> None:
-        runs.append(time.monotonic())
-        await asyncio.sleep(60)
-
-    await app.connect()
-    task_id = new_task_id()
-    keys = app.broker.keys.for_task(task_id)
-    entry = await redis.xadd(keys.stream("default"), {"id": task_id})
-    await redis.hset(
-        keys.task(task_id),
-        mapping={
-            "id": task_id, "type": "legacy", "queue": "default", "payload": '{"n": 1}',
-            "status": "queued", "max_retries": "2", "timeout": "0.2", "retry_base": "0.05",
-            "retry_cap": "0.1", "created_at": str(int(time.time() * 1000)), "entry": entry,
-        },
-    )  # fmt: skip
-    assert (await app.get(task_id)).max_retries == 2
-
-    await drain(app)
-    record = await app.get(task_id)
-    assert record.status is TaskStatus.DEAD
-    assert record.attempts == 3 == len(runs)  # max_retries 2, not the task's 0
-    # Each run stopped at the record's 0.2 s (not 60 s); the waits were the record's <= 0.1 s.
-    assert runs[-1] - runs[0] < 2.0
-    letters = cast(list[tuple[str, dict[str, str]]], await redis.xrange(keys.dead("default")))
-    assert [(f["max_retries"], f["timeout"]) for _, f in letters] == [("2", "0.2")]
-
-    assert await app.replay(task_id) is True
-    replayed = cast(dict[str, str], await redis.hgetall(keys.task(task_id)))
-    assert replayed["policy"] == "2|0.2|0.05|0.1"
-    assert "max_retries" not in replayed
-
-
 async def test_per_task_timeout_fails_the_run(app: Spillway) -> None:
     @app.task(max_retries=0, timeout=0.2)
     async def slow(item: Item) -> None:
@@ -458,14 +417,14 @@ async def test_finish_writes_one_outcome_for_a_duplicate_delivery(app: Spillway)
     task_id = await app.enqueue("once", {"n": 1})
     broker = app.broker
     deliveries = await read_everything(app, "a")
-    started = await broker.begin(deliveries)
+    started = await broker.work.begin(deliveries)
     assert started[0] is not None
     from spillway.broker import Outcome
 
     first = Outcome(deliveries[0], "once", "succeeded", "1", attempts=1)
     second = Outcome(deliveries[0], "once", "succeeded", "2", attempts=1)
-    assert await broker.finish([first]) == [True]
-    assert await broker.finish([second]) == [False]
+    assert await broker.work.finish([first]) == [True]
+    assert await broker.work.finish([second]) == [False]
     assert (await app.get(task_id)).result == 1
     # Only the outcome that was written is counted.
     assert (await app.stats()).counts == {"once": {"succeeded": 1}}
@@ -643,7 +602,7 @@ async def test_equal_entry_ids_on_two_shards_are_two_claims(settings: Settings) 
             accepted = await app.enqueue_many([("slow", {"n": n}) for n in range(8)])
             for a in accepted:
                 assert a.task_id is not None
-                record = await app.broker.get(a.task_id)
+                record = await app.broker.admin.get(a.task_id)
                 assert record is not None
                 entries[a.task_id] = record["entry"]
             if len(set(entries.values())) < len(entries):
@@ -695,7 +654,7 @@ async def test_a_task_whose_worker_vanished_is_reclaimed_by_another(
     task_id = await app.enqueue("job", {"n": 9})
     # A consumer that reads the entry and then disappears without a word.
     deliveries = await read_everything(app, "ghost")
-    await app.broker.begin(deliveries)
+    await app.broker.work.begin(deliveries)
     assert (await app.get(task_id)).status is TaskStatus.RUNNING
 
     await drain(app)  # waits out the 1 s visibility timeout, then reclaims
@@ -726,13 +685,13 @@ async def test_idle_consumers_are_forgotten_only_when_they_hold_nothing(
         return None
 
     await app.enqueue("job", {"n": 1})
-    streams = app.broker.streams(["default"])
+    streams = app.broker.core.streams(["default"])
     stream = next(iter([s for s in streams if await redis.xlen(s)]))  # the task's shard
     await redis.xgroup_createconsumer(stream, GROUP, "gone-empty")
-    await app.broker.read("gone-holding", {stream: streams[stream]}, 10, None)
+    await app.broker.work.read("gone-holding", {stream: streams[stream]}, 10, None)
     await asyncio.sleep(0.01)
 
-    assert await app.broker.prune_consumers(["default"], idle_ms=0) == 1
+    assert await app.broker.work.prune_consumers(["default"], idle_ms=0) == 1
     names = {c["name"] for c in await redis.xinfo_consumers(stream, GROUP)}
     assert names == {"gone-holding"}  # its delivery stays claimable
 
@@ -769,7 +728,7 @@ async def test_a_group_redis_runs_after_the_deadline_refuses_only_its_own_tasks(
         return None
 
     await app.connect()
-    scripts = app.broker.scripts
+    scripts = app.broker.core.scripts
     queue_script = scripts.queue
     late_streams = {shard.stream("second") for shard in app.broker.keys.all_shards()}
 
@@ -887,8 +846,8 @@ async def test_a_task_written_after_its_caller_gave_up_is_reported(
         return None
 
     await app.connect()
-    request = app.prepare("job", {"n": 1})
-    waiting = app.write_soon(request)
+    request = app.broker.accepts.prepare(app.resolve("job"), {"n": 1})
+    waiting = app.broker.accepts.accept(request)
     # What the budget's timer does when Redis answers too late: the caller is answered 503.
     waiting.set_exception(BrokerUnavailable("Redis did not answer within 1 s"))
     with caplog.at_level("WARNING", logger="spillway.broker"):

@@ -146,8 +146,8 @@ async def test_every_metric_moves_as_tasks_flow(stack: Stack, app: Spillway) -> 
 
     # One delivery that nobody acknowledges: pending until the workers reclaim it (the lost
     # delivery was the explode task's first attempt; the workers run its second and third).
-    stream = app.broker.streams(["risky"])
-    assert len(await app.broker.read("probe", stream, 1, None)) == 1
+    stream = app.broker.core.streams(["risky"])
+    assert len(await app.broker.work.read("probe", stream, 1, None)) == 1
 
     accepted = await stack.scrape(f"{stack.api}/metrics")
     assert value(accepted, "spillway_tasks_accepted_total", type="resize") == 4

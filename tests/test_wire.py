@@ -33,7 +33,7 @@ async def _round_trip(url: str) -> dict[str, str]:
     try:
         task_id = await app.enqueue("job", {"n": 1})
         assert (await app.get(task_id)).status is TaskStatus.QUEUED
-        raw = await app.broker.get(task_id)
+        raw = await app.broker.admin.get(task_id)
         assert raw is not None
         return raw
     finally:
@@ -68,7 +68,7 @@ async def test_batches_reach_a_server_on_a_unix_socket(tmp_path: Path) -> None:
 async def test_a_connection_redis_closed_while_idle_is_replaced(
     app: Spillway, redis: aioredis.Redis
 ) -> None:
-    if app.broker._pipes is None:
+    if app.broker.core._pipes is None:
         pytest.skip("a cluster client sends batches through redis-py's node connections")
 
     @app.task
@@ -76,7 +76,7 @@ async def test_a_connection_redis_closed_while_idle_is_replaced(
         return None
 
     first = await app.enqueue("job", {"n": 1})
-    idle = list(app.broker._pipes._idle)
+    idle = list(app.broker.core._pipes._idle)
     assert idle
     for pipe in idle:  # Redis closes them (a restart or its idle timeout would, too)
         host, port = pipe.transport.get_extra_info("sockname")[:2]

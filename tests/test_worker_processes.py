@@ -68,7 +68,7 @@ async def test_ten_thousand_tasks_on_four_processes_each_succeed_exactly_once(
                 pipe.hget(app.broker.keys.for_task(task_id).task(task_id), "status")
             statuses.update(await pipe.execute())
     assert statuses == {"succeeded"}
-    for stream in app.broker.streams(["default"]):
+    for stream in app.broker.core.streams(["default"]):
         assert await redis.xlen(stream) == 0
         assert (await redis.xpending(stream, GROUP))["pending"] == 0
 

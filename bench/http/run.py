@@ -204,7 +204,7 @@ def written(target: Target, redis_url: str) -> int:
 
 async def _spillway_backlog(redis_url: str) -> int:
     async with Spillway(Settings(redis_url=redis_url, prefix=PREFIX)) as app:
-        return await app.broker.backlog(["default"])
+        return await app.broker.work.backlog(["default"])
 
 
 def cpu_seconds(pid: int) -> float:

@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar, overload
 
-import orjson
-
-from spillway.broker import AcceptReply, AcceptRequest, Broker, new_task_id, shard_of
+from spillway.broker import AcceptRequest, Broker
+from spillway.broker.accept import AcceptWriter
 from spillway.errors import (
-    BacklogFull,
     BrokerUnavailable,
-    IdempotencyConflict,
     OutcomeUnknown,
-    PayloadInvalid,
     ResultTimeout,
     SpillwayError,
     TaskFailed,
@@ -26,14 +21,15 @@ from spillway.errors import (
     UnknownTaskType,
 )
 from spillway.records import DeadTask, EnqueueResult, Stats, TaskRecord, TaskStatus
+from spillway.retry import RetryPolicy
 from spillway.settings import Settings
 from spillway.tasks import Handler, TaskDef
 
 __all__ = ["EnqueueItem", "Spillway"]
 
 F = TypeVar("F", bound=Handler)
-# Tasks per accept call in enqueue_many. Chunks are pipelined (Redis runs one while the next
-# is prepared); of 50 to 500, 100 overlapped the two best (76-92k tasks/s, 55-78k at 250).
+# Tasks per round trip in enqueue_many: chunks are pipelined, Redis writing one while the next
+# is prepared (the size is measured in docs/benchmarks.md#enqueue-many-chunks).
 _CHUNK = 100
 TaskRef = str | TaskDef | Handler
 
@@ -61,7 +57,6 @@ class Spillway:
         self.settings = settings if settings is not None else Settings()
         self.tasks: dict[str, TaskDef] = {}
         self._broker: Broker | None = None
-        self._checked = False
 
     # --- declaring tasks ---------------------------------------------------------------------
 
@@ -112,10 +107,12 @@ class Spillway:
                 handler,
                 name=task_name,
                 queue=queue,
-                max_retries=s.max_retries if max_retries is None else max_retries,
-                timeout=s.task_timeout if timeout is None else timeout,
-                retry_base=s.retry_base if retry_base is None else retry_base,
-                retry_cap=s.retry_cap if retry_cap is None else retry_cap,
+                policy=RetryPolicy(
+                    s.max_retries if max_retries is None else max_retries,
+                    s.task_timeout if timeout is None else timeout,
+                    s.retry_base if retry_base is None else retry_base,
+                    s.retry_cap if retry_cap is None else retry_cap,
+                ),
                 retry_jitter=retry_jitter,
             )
             return handler
@@ -143,22 +140,22 @@ class Spillway:
 
     @property
     def broker(self) -> Broker:
+        """The application's Redis boundary, made on first use (nothing connects until then)."""
         if self._broker is None:
-            self._broker = Broker(self.settings)
+            self._broker = Broker(self.settings, lambda: self.queues)
         return self._broker
 
     async def connect(self) -> None:
-        """Check the server (version, eviction policy), load scripts and create consumer groups."""
-        if not self._checked:
-            await self.broker.check_server()
-            await self.broker.register_queues(self.queues)
-            self._checked = True
+        """Check the server (version, eviction policy), load scripts and create consumer groups.
+
+        Every write does this on its first use too; calling it first fails at start-up instead.
+        """
+        await self.broker.ready()
 
     async def close(self) -> None:
         if self._broker is not None:
             await self._broker.close()
             self._broker = None
-            self._checked = False
 
     async def __aenter__(self) -> Spillway:
         await self.connect()
@@ -168,60 +165,6 @@ class Spillway:
         await self.close()
 
     # --- enqueueing --------------------------------------------------------------------------
-
-    def prepare(
-        self,
-        task_type: TaskRef,
-        payload: Any = None,
-        *,
-        idempotency_key: str | None = None,
-        delay: float | timedelta | None = None,
-        max_retries: int | None = None,
-        timeout: float | None = None,
-    ) -> AcceptRequest:
-        """Validate and serialise one task without writing it (the API and batches use this)."""
-        task = self.resolve(task_type)
-        encoded = task.encode(payload)
-        if len(encoded) > self.settings.max_payload_bytes:
-            raise PayloadInvalid(
-                task.name,
-                [
-                    {
-                        "loc": ["payload"],
-                        "msg": f"larger than {self.settings.max_payload_bytes} bytes",
-                    }
-                ],
-            )
-        delay_s = delay.total_seconds() if isinstance(delay, timedelta) else (delay or 0.0)
-        if delay_s < 0:
-            raise PayloadInvalid(task.name, [{"loc": ["delay"], "msg": "must not be negative"}])
-        retries = task.max_retries if max_retries is None else max_retries
-        run_timeout = task.timeout if timeout is None else timeout
-        shards = self.settings.shards
-        if idempotency_key is not None:
-            scoped = hashlib.sha256(idempotency_key.encode()).hexdigest()
-            task_id = new_task_id(shard_of(scoped, shards), shards)
-            canonical = orjson.dumps(orjson.loads(encoded), option=orjson.OPT_SORT_KEYS)
-            fingerprint = hashlib.sha256(
-                b"|".join(
-                    [task.name.encode(), canonical, f"{delay_s}|{retries}|{run_timeout}".encode()]
-                )
-            ).hexdigest()[:32]
-        else:
-            scoped, task_id, fingerprint = None, new_task_id(), ""
-        return AcceptRequest(
-            task_id=task_id,
-            type=task.name,
-            queue=task.queue,
-            payload=encoded,
-            max_retries=retries,
-            timeout=run_timeout,
-            retry_base=task.retry_base,
-            retry_cap=task.retry_cap,
-            delay_ms=int(delay_s * 1000),
-            idempotency_key=scoped,
-            fingerprint=fingerprint,
-        )
 
     async def enqueue(
         self,
@@ -240,32 +183,12 @@ class Spillway:
         `IdempotencyConflict`. A full backlog raises `BacklogFull`; Redis trouble raises
         `BrokerUnavailable`. In both cases nothing was enqueued.
         """
-        request = self.prepare(
-            task_type, payload, idempotency_key=idempotency_key, delay=delay,
+        accepts = self.broker.accepts
+        request = accepts.prepare(
+            self.resolve(task_type), payload, idempotency_key=idempotency_key, delay=delay,
             max_retries=max_retries, timeout=timeout,
         )  # fmt: skip
-        return await self.enqueue_prepared(request)
-
-    async def enqueue_prepared(self, request: AcceptRequest) -> str:
-        """`enqueue` for a task `prepare` built."""
-        return self.accepted_id(request, await self._write(request))
-
-    def write_soon(self, request: AcceptRequest) -> asyncio.Future[AcceptReply]:
-        """Start writing a prepared task; its reply's future, for `accepted_id`.
-
-        The API's direct routes use this, to write without a coroutine of their own.
-        """
-        if self._checked:
-            return self.broker.accept_soon(request)
-        return asyncio.ensure_future(self._write(request))
-
-    def accepted_id(self, request: AcceptRequest, reply: AcceptReply) -> str:
-        """The id `enqueue` returns for `request` once Redis replied (raises as it does)."""
-        return self._check(request, reply).task_id or request.task_id
-
-    async def _write(self, request: AcceptRequest) -> AcceptReply:
-        await self.connect()
-        return await self.broker.accept(request)
+        return await accepts.accept(request)
 
     async def enqueue_many(
         self, items: Iterable[EnqueueItem | tuple[TaskRef, Any]]
@@ -276,80 +199,36 @@ class Spillway:
         and encoded, so Python time and Redis time overlap instead of adding up.
         """
         await self.connect()
+        accepts = self.broker.accepts
         results: list[EnqueueResult | None] = []
-        requests: list[tuple[int, AcceptRequest]] = []
+        chunk: list[tuple[int, AcceptRequest]] = []
         writes: list[asyncio.Task[None]] = []
         for item in items:
             it = item if isinstance(item, EnqueueItem) else EnqueueItem(item[0], item[1])
             try:
-                request = self.prepare(
-                    it.type, it.payload, idempotency_key=it.idempotency_key, delay=it.delay,
-                    max_retries=it.max_retries, timeout=it.timeout,
+                request = accepts.prepare(
+                    self.resolve(it.type), it.payload, idempotency_key=it.idempotency_key,
+                    delay=it.delay, max_retries=it.max_retries, timeout=it.timeout,
                 )  # fmt: skip
             except SpillwayError as exc:
                 results.append(EnqueueResult(task_id=None, error=exc))
                 continue
-            requests.append((len(results), request))
+            chunk.append((len(results), request))
             results.append(None)
-            if len(requests) == _CHUNK:
-                writes.append(asyncio.create_task(self._write_chunk(results, requests)))
-                requests = []
+            if len(chunk) == _CHUNK:
+                writes.append(asyncio.create_task(_write_chunk(accepts, results, chunk)))
+                chunk = []
                 await asyncio.sleep(0)  # let the chunk go out before preparing the next
-        if requests:
-            writes.append(asyncio.create_task(self._write_chunk(results, requests)))
+        if chunk:
+            writes.append(asyncio.create_task(_write_chunk(accepts, results, chunk)))
         await asyncio.gather(*writes)
         return [r for r in results if r is not None]
-
-    async def _write_chunk(
-        self, results: list[EnqueueResult | None], requests: list[tuple[int, AcceptRequest]]
-    ) -> None:
-        """One chunk of `enqueue_many`: Redis trouble refuses just its items, each on its own."""
-        try:
-            await self.accept_prepared(results, requests)
-        except OutcomeUnknown as exc:  # each names the task it may be
-            for i, r in requests:
-                results[i] = EnqueueResult(task_id=None, error=exc.naming(r.task_id))
-        except BrokerUnavailable as exc:
-            for i, _ in requests:
-                results[i] = EnqueueResult(task_id=None, error=exc)
-
-    async def accept_prepared(
-        self,
-        results: list[EnqueueResult | None],
-        requests: Sequence[tuple[int, AcceptRequest]],
-    ) -> list[EnqueueResult]:
-        """Write prepared requests into their `None` slots of `results` (one round trip).
-
-        Raises `BrokerUnavailable` if Redis cannot take them (the slots stay empty).
-        """
-        if requests:
-            await self.connect()
-            replies = await self.broker.accept_many([r for _, r in requests])
-            for (i, request), reply in zip(requests, replies, strict=True):
-                try:
-                    out = self._check(request, reply)
-                except SpillwayError as exc:
-                    results[i] = EnqueueResult(task_id=None, error=exc)
-                else:
-                    results[i] = out
-        return [r for r in results if r is not None]
-
-    def _check(self, request: AcceptRequest, reply: AcceptReply) -> EnqueueResult:
-        if reply.status == "ok":
-            return EnqueueResult(task_id=request.task_id)
-        if reply.status == "duplicate":
-            return EnqueueResult(task_id=reply.task_id, duplicate=True)
-        if reply.status == "conflict":
-            raise IdempotencyConflict(request.idempotency_key or "", reply.task_id)
-        if reply.status == "late":
-            raise BrokerUnavailable("Redis ran the accept after its deadline: not written")
-        raise BacklogFull(request.queue, self.settings.backlog_limit, retry_after=1.0)
 
     # --- reading -----------------------------------------------------------------------------
 
     async def get(self, task_id: str) -> TaskRecord:
         """The task's status record; `TaskNotFound` for an unknown (or expired) id."""
-        raw = await self.broker.get(task_id) if _valid_id(task_id) else None
+        raw = await self.broker.admin.get(task_id) if _valid_id(task_id) else None
         if raw is None:
             raise TaskNotFound(task_id)
         return TaskRecord.from_hash(raw)
@@ -362,7 +241,7 @@ class Spillway:
         record = await self.get(task_id)
         if record.terminal:
             return record
-        if not await self.broker.wait(task_id, timeout):
+        if not await self.broker.admin.wait(task_id, timeout):
             raise ResultTimeout(task_id, timeout)
         return await self.get(task_id)
 
@@ -377,7 +256,7 @@ class Spillway:
         """Cancel a task that has not started; `TaskNotCancellable` once it runs or ended."""
         if not _valid_id(task_id):
             raise TaskNotFound(task_id)
-        outcome, status = await self.broker.cancel(task_id)
+        outcome, status = await self.broker.admin.cancel(task_id)
         if outcome == "missing":
             raise TaskNotFound(task_id)
         if outcome == "refused":
@@ -389,41 +268,43 @@ class Spillway:
     async def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadTask]:
         """The newest dead-lettered tasks (all known queues unless `queue` is given)."""
         queues = [queue] if queue else await self._all_queues()
-        return await self.broker.dlq_list(queues, limit)
+        return await self.broker.admin.dlq_list(queues, limit)
 
     async def replay(self, task_id: str) -> bool:
         """Run a dead-lettered task again under its id. False if it is not in the dead letters."""
-        raw = await self.broker.get(task_id) if _valid_id(task_id) else None
+        raw = await self.broker.admin.get(task_id) if _valid_id(task_id) else None
         if raw is not None and raw.get("dead_letter"):
-            return await self.broker.dlq_replay_entry(task_id, raw["queue"], raw["dead_letter"])
+            return await self.broker.admin.dlq_replay_entry(
+                task_id, raw["queue"], raw["dead_letter"]
+            )
         # Its record has expired (dead letters outlive records): look through the dead letters.
         for dead in await self.dead_letters(limit=100_000):
             if dead.id == task_id:
-                return await self.broker.dlq_replay(dead)
+                return await self.broker.admin.dlq_replay(dead)
         return False
 
     async def replay_all(self, queue: str | None = None, limit: int = 100_000) -> int:
         """Replay every dead letter (of one queue); returns how many were queued again."""
         replayed = 0
         for dead in await self.dead_letters(queue, limit):
-            replayed += await self.broker.dlq_replay(dead)
+            replayed += await self.broker.admin.dlq_replay(dead)
         return replayed
 
     async def purge_dead_letters(self, queue: str | None = None) -> int:
         queues = [queue] if queue else await self._all_queues()
-        return await self.broker.dlq_purge(queues)
+        return await self.broker.admin.dlq_purge(queues)
 
     async def stats(self) -> Stats:
         """Backlog, pending, delayed and dead-letter sizes, live workers and per-type counts."""
         queues = await self._all_queues()
         return Stats(
-            queues=await self.broker.queue_stats(queues),
-            workers=await self.broker.workers(),
-            counts=await self.broker.counters(),
+            queues=await self.broker.admin.queue_stats(queues),
+            workers=await self.broker.admin.workers(),
+            counts=await self.broker.admin.counters(),
         )
 
     async def _all_queues(self) -> list[str]:
-        return sorted(set(await self.broker.known_queues()) | set(self.queues))
+        return sorted(set(await self.broker.admin.known_queues()) | set(self.queues))
 
 
 def _valid_id(task_id: str) -> bool:
@@ -432,3 +313,20 @@ def _valid_id(task_id: str) -> bool:
 
 def _valid_name(name: str) -> bool:
     return 0 < len(name) <= 64 and all(c.isalnum() or c in "_-." for c in name)
+
+
+async def _write_chunk(
+    accepts: AcceptWriter,
+    results: list[EnqueueResult | None],
+    chunk: list[tuple[int, AcceptRequest]],
+) -> None:
+    """One chunk of `enqueue_many` into its slots of `results`: Redis trouble refuses just
+    its items, each on its own."""
+    try:
+        written = await accepts.write([r for _, r in chunk])
+    except OutcomeUnknown as exc:  # each names the task it may be
+        written = [EnqueueResult(None, error=exc.naming(r.task_id)) for _, r in chunk]
+    except BrokerUnavailable as exc:
+        written = [EnqueueResult(None, error=exc) for _ in chunk]
+    for (i, _), result in zip(chunk, written, strict=True):
+        results[i] = result

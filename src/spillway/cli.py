@@ -346,7 +346,7 @@ async def _replay_each(app: Spillway, dead: list[DeadTask]) -> int:
                   console=Console(stderr=True), transient=True) as progress:  # fmt: skip
         bar = progress.add_task("replaying", total=len(dead))
         for d in dead:
-            replayed += await app.broker.dlq_replay(d)
+            replayed += await app.broker.admin.dlq_replay(d)
             progress.advance(bar)
     return replayed
 

@@ -10,6 +10,8 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict
 
+from spillway.retry import RetryPolicy
+
 __all__ = [
     "TERMINAL",
     "DeadTask",
@@ -52,13 +54,6 @@ def _json(value: str | None) -> Any:
     return None if value is None else orjson.loads(value)
 
 
-def _max_retries(h: dict[str, str]) -> int:
-    """From the record's 'max_retries|timeout|retry_base|retry_cap' policy field, or from the
-    field of its own that records written before the policy field have."""
-    policy = h.get("policy")
-    return int(policy.split("|", 1)[0] if policy else h.get("max_retries", 0))
-
-
 class TaskRecord(BaseModel):
     """The status record of one task, as stored in Redis."""
 
@@ -92,7 +87,7 @@ class TaskRecord(BaseModel):
             queue=h["queue"],
             status=TaskStatus(h["status"]),
             attempts=int(h.get("attempts", 0)),
-            max_retries=_max_retries(h),
+            max_retries=RetryPolicy.decode(h["policy"]).max_retries,
             payload=_json(h.get("payload")),
             result=_json(h.get("result")),
             error=h.get("error") or None,
@@ -174,7 +169,9 @@ class Stats(BaseModel):
     counts: dict[str, dict[str, int]]  # task type -> outcome -> count
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: the accept path builds one per task, and a frozen dataclass's __init__ costs
+# several times a plain one's.
+@dataclass(slots=True)
 class EnqueueResult:
     """The outcome of one item of `enqueue_many`: a task id, or the error that refused it."""
 

@@ -1,12 +1,61 @@
-"""Retry spacing: exponential backoff with full jitter (AWS Architecture Blog's recommendation)."""
+"""A task's retry policy: how it is stored, and the backoff between attempts.
+
+The policy travels with each task in one record field, ``'max_retries|timeout|base|cap'``;
+`RetryPolicy.text` and `RetryPolicy.decode` are the only Python that writes or reads that
+text. Of the Lua scripts only ``begin.lua`` reads it (the attempt limit, its first part);
+the others copy it whole.
+"""
 
 from __future__ import annotations
 
 import random
 
-__all__ = ["backoff_delay"]
+__all__ = ["RetryPolicy", "backoff_delay"]
 
 _rng = random.SystemRandom()
+
+
+class RetryPolicy:
+    """At most ``1 + max_retries`` runs of ``timeout`` seconds each, spaced by `backoff_delay`.
+
+    Immutable by convention; `text` is the record field's text, built once per policy because
+    every accepted task sends it.
+    """
+
+    __slots__ = ("base", "cap", "max_retries", "text", "timeout")
+
+    def __init__(self, max_retries: int, timeout: float, base: float, cap: float) -> None:
+        self.max_retries = max_retries
+        self.timeout = timeout
+        self.base = base
+        self.cap = cap
+        self.text = f"{max_retries}|{timeout}|{base}|{cap}"
+
+    def replace(self, *, max_retries: int | None, timeout: float | None) -> RetryPolicy:
+        """This policy, or a copy with a task's own attempt limit or run timeout."""
+        if max_retries is None and timeout is None:
+            return self
+        return RetryPolicy(
+            self.max_retries if max_retries is None else max_retries,
+            self.timeout if timeout is None else timeout,
+            self.base,
+            self.cap,
+        )
+
+    @classmethod
+    def decode(cls, text: str) -> RetryPolicy:
+        """The policy of a record field (`ValueError` if it is not one `text` wrote)."""
+        max_retries, timeout, base, cap = text.split("|")
+        return cls(int(max_retries), float(timeout), float(base), float(cap))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RetryPolicy) and self.text == other.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+    def __repr__(self) -> str:
+        return f"RetryPolicy({self.text!r})"
 
 
 def backoff_delay(attempt: int, base: float, cap: float, *, jitter: bool = True) -> float:

@@ -13,6 +13,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from spillway.codec import dumps
 from spillway.errors import PayloadInvalid
+from spillway.retry import RetryPolicy
 
 __all__ = ["TaskContext", "TaskDef"]
 
@@ -41,10 +42,7 @@ class TaskDef:
     name: str
     fn: Handler
     queue: str
-    max_retries: int
-    timeout: float
-    retry_base: float
-    retry_cap: float
+    policy: RetryPolicy
     retry_jitter: bool
     payload_type: Any
     wants_context: bool
@@ -58,10 +56,7 @@ class TaskDef:
         *,
         name: str,
         queue: str,
-        max_retries: int,
-        timeout: float,
-        retry_base: float,
-        retry_cap: float,
+        policy: RetryPolicy,
         retry_jitter: bool = True,
     ) -> TaskDef:
         payload_type, wants_context = _inspect_signature(fn)
@@ -69,10 +64,7 @@ class TaskDef:
             name=name,
             fn=fn,
             queue=queue,
-            max_retries=max_retries,
-            timeout=timeout,
-            retry_base=retry_base,
-            retry_cap=retry_cap,
+            policy=policy,
             retry_jitter=retry_jitter,
             payload_type=payload_type,
             wants_context=wants_context,

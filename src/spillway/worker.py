@@ -104,7 +104,7 @@ class Worker:
         try:
             # One reader per shard stream: on a cluster a stream read cannot span slots, and
             # separate readers let a busy shard's work flow while another is empty.
-            streams = self.app.broker.streams(self.queues)
+            streams = self.app.broker.core.streams(self.queues)
             async with asyncio.TaskGroup() as readers:
                 for stream, where in streams.items():
                     readers.create_task(self._read_loop({stream: where}), name=f"read-{stream}")
@@ -119,7 +119,7 @@ class Worker:
         while True:
             try:
                 await self.app.connect()
-                await self.app.broker.register_queues(self.queues)
+                await self.app.broker.core.register_queues(self.queues)
             except BrokerUnavailable as exc:
                 if self._stopping.is_set():
                     raise
@@ -161,9 +161,9 @@ class Worker:
         leftover = list(self._inflight)
         with contextlib.suppress(SpillwayError):
             if leftover:
-                released = await self.app.broker.release(self.name, leftover)
+                released = await self.app.broker.work.release(self.name, leftover)
                 log.info("released %d unfinished deliveries for other workers", released)
-            await self.app.broker.deregister(self.name)
+            await self.app.broker.work.deregister(self.name)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
         log.info("worker %s stopped after %d tasks", self.name, self.processed)
@@ -211,7 +211,7 @@ class Worker:
             count = 1 if idle else min(share, self.settings.batch_size)
             self._reserved += count
             try:
-                deliveries = await broker.read(self.name, stream, count, block_ms)
+                deliveries = await broker.work.read(self.name, stream, count, block_ms)
                 backoff = 0.1
             except BrokerUnavailable as exc:
                 log.warning("read failed: %s", exc)
@@ -242,20 +242,20 @@ class Worker:
         if self._inflight:
             return False
         try:
-            return await self.app.broker.backlog(self.queues) == 0
+            return await self.app.broker.work.backlog(self.queues) == 0
         except BrokerUnavailable:
             return False
 
     async def _start(self, deliveries: list[Delivery]) -> None:
         if self._stopping.is_set():
             with contextlib.suppress(SpillwayError):
-                await self.app.broker.release(self.name, deliveries)
+                await self.app.broker.work.release(self.name, deliveries)
             return
         for d in deliveries:  # hold the slots while begin runs, so renewal covers them
             self._inflight[d] = None
         while True:
             try:
-                started = await self.app.broker.begin(deliveries)
+                started = await self.app.broker.work.begin(deliveries)
                 break
             except BrokerUnavailable as exc:
                 if self._stopping.is_set():
@@ -297,10 +297,11 @@ class Worker:
                 Outcome(d, s.type, "dead", f"PayloadInvalid: {exc}", attempts=s.attempts)
             )
             return
-        ctx = TaskContext(d.task_id, s.type, d.queue, s.attempts, s.max_retries)
+        policy = s.policy
+        ctx = TaskContext(d.task_id, s.type, d.queue, s.attempts, policy.max_retries)
         started = time.monotonic()
         try:
-            async with asyncio.timeout(s.timeout):
+            async with asyncio.timeout(policy.timeout):
                 if task.is_async:
                     result = await task.call(payload, ctx)
                 else:
@@ -309,8 +310,9 @@ class Worker:
                     result = await loop.run_in_executor(self._executor, call)
             value = dumps(result)
         except TimeoutError as exc:
-            if time.monotonic() - started >= s.timeout:
-                error = f"TimeoutError: the task ran longer than its timeout of {s.timeout:g} s"
+            if time.monotonic() - started >= policy.timeout:
+                limit = policy.timeout
+                error = f"TimeoutError: the task ran longer than its timeout of {limit:g} s"
             else:
                 error = _describe(exc)
             self._outcomes.put_nowait(self._failure(s, task.retry_jitter, error, exc))
@@ -326,11 +328,9 @@ class Worker:
     def _failure(self, s: Started, jitter: bool, error: str, exc: BaseException) -> Outcome:
         d = s.delivery
         summary = "".join(traceback.format_exception(exc, limit=-8))[-_TRACEBACK_LIMIT:]
-        if s.attempts <= s.max_retries:
-            task = self.app.tasks.get(s.type)
-            base = s.retry_base if s.retry_base is not None else (task.retry_base if task else 1.0)
-            cap = s.retry_cap if s.retry_cap is not None else (task.retry_cap if task else 60.0)
-            delay = backoff_delay(s.attempts, base, cap, jitter=jitter)
+        policy = s.policy
+        if s.attempts <= policy.max_retries:
+            delay = backoff_delay(s.attempts, policy.base, policy.cap, jitter=jitter)
             log.warning(
                 "task %s (%s) attempt %d failed, retrying in %.2fs: %s",
                 d.task_id, s.type, s.attempts, delay, error, extra=_task_fields(s),
@@ -352,7 +352,7 @@ class Worker:
             backoff = 0.05
             while True:
                 try:
-                    await self.app.broker.finish(batch)
+                    await self.app.broker.work.finish(batch)
                     break
                 except BrokerUnavailable as exc:
                     # Keep the outcomes: they are stored as soon as Redis is back.
@@ -380,7 +380,7 @@ class Worker:
             now = time.monotonic()
             try:
                 # Due tasks are checked often so delays and retry backoffs stay accurate.
-                await self.app.broker.promote_due(self.queues)
+                await self.app.broker.work.promote_due(self.queues)
                 if now - last["reclaim"] >= every["reclaim"]:
                     await self._reclaim(cursors)
                     last["reclaim"] = now
@@ -389,7 +389,7 @@ class Worker:
                     last["beat"] = now
                 if now - last["prune"] >= every["prune"]:
                     idle_ms = int(max(600.0, s.visibility_timeout * 10) * 1000)
-                    await self.app.broker.prune_consumers(self.queues, idle_ms)
+                    await self.app.broker.work.prune_consumers(self.queues, idle_ms)
                     last["prune"] = now
             except BrokerUnavailable as exc:
                 log.warning("maintenance failed: %s", exc)
@@ -398,14 +398,14 @@ class Worker:
     async def _reclaim(self, cursors: dict[tuple[str, int], str]) -> None:
         broker = self.app.broker
         min_idle = int(self.settings.visibility_timeout * 1000)
-        for queue, shard in broker.streams(self.queues).values():
+        for queue, shard in broker.core.streams(self.queues).values():
             free = min(self._free(), self.settings.batch_size)
             if free <= 0 or self._stopping.is_set():
                 return
             self._reserved += free
             try:
                 cursor = cursors.get((queue, shard), "0-0")
-                cursor, claimed = await broker.reclaim(
+                cursor, claimed = await broker.work.reclaim(
                     self.name, queue, shard, min_idle, free, cursor
                 )
                 cursors[(queue, shard)] = cursor
@@ -440,10 +440,10 @@ class Worker:
     async def _renew(self) -> None:
         mine = list(self._inflight)
         if mine:
-            await self.app.broker.renew(self.name, mine)
+            await self.app.broker.work.renew(self.name, mine)
 
     async def _heartbeat(self) -> None:
-        await self.app.broker.heartbeat(
+        await self.app.broker.work.heartbeat(
             WorkerInfo(
                 name=self.name,
                 host=socket.gethostname(),

@@ -72,7 +72,7 @@ async def test_full_backlog_is_429_with_retry_after_and_trims_nothing(
         assert refused.json()["type"] == "urn:spillway:problem:backlog-full"
         assert batch.json()["results"][0]["error"]["status"] == 429
         assert [(await app.get(t)).status for t in accepted] == ["queued"] * 3
-        assert await app.broker.backlog(app.queues) == 3
+        assert await app.broker.work.backlog(app.queues) == 3
     finally:
         await drain(app)
         await app.close()

@@ -15,7 +15,7 @@ PROBLEM = "application/problem+json"
 
 
 async def backlog(app: Spillway) -> int:
-    return await app.broker.backlog(app.queues)
+    return await app.broker.work.backlog(app.queues)
 
 
 async def test_submit_answers_202_only_once_the_task_is_stored(

@@ -53,7 +53,7 @@ async def test_killing_a_cluster_primary_loses_no_replicated_task(
     # The victim serves a shard stream but not the execution log, so the log (the checker's
     # record of runs) survives the failover whole.
     log_owner = primary_of(cluster, f"{stack.prefix}:{EXEC_LOG}")
-    streams = list(stack.spillway.broker.streams(["default"]))
+    streams = list(stack.spillway.broker.core.streams(["default"]))
     stream = next(s for s in streams if primary_of(cluster, s) is not log_owner)
     victim = primary_of(cluster, stream)
 

@@ -206,7 +206,7 @@ async def test_overload_is_refused_with_retry_after_and_nothing_is_trimmed(
     run = await start(stack, apis=1, workers=1, concurrency=2)  # throttled: <= 100 tasks/s
     samples: list[int] = []
     stop = asyncio.Event()
-    streams = list(stack.spillway.broker.streams(["default"]))  # one per shard
+    streams = list(stack.spillway.broker.core.streams(["default"]))  # one per shard
 
     async def sample() -> None:
         while not stop.is_set():

@@ -230,7 +230,7 @@ async def test_a_foreign_entry_in_the_stream_is_dead_lettered_unrun(
     canary = tmp_path / "canary"
     # A protocol-0 pickle whose loading would run `touch <canary>` (never loaded: JSON only).
     pickled = f"cos\nsystem\n(S'touch {canary}'\ntR.".encode()
-    stream = next(iter(stack.spillway.broker.streams(["default"])))
+    stream = next(iter(stack.spillway.broker.core.streams(["default"])))
     foreign = [
         {"data": pickled},  # no task id at all
         {"id": pickled},  # an id that is a pickle

@@ -1,15 +1,23 @@
-"""The accept path: read a bounded body, parse strict JSON, validate, write, answer 202.
+"""The accept routes: ``POST /tasks``, ``POST /process`` and ``POST /tasks/batch``.
 
-This is the product's hot path, so it works on the raw ASGI request instead of FastAPI's
-generic route machinery: headers are checked before the body is read, the body is read
-chunk by chunk and refused as soon as it passes the limit, and the write goes through
-`Broker.accept`, which coalesces the tasks of concurrent requests into one pipeline.
+`Accept.answer` is the one core every entrance calls: given the request's scope (headers and
+caller) and its whole body, it checks, parses and validates the task(s), starts their write
+(`spillway.broker.accept`) and returns the answer, or its future while Redis writes. The
+entrances only differ in how the body arrives:
+
+* the fast protocol (`spillway.api.uvicorn_fast`) reads a small body itself and calls the
+  handler `SpillwayAPI.direct_route` gives it, which is `Accept.answer`;
+* through ASGI, `Accept.handle` checks the headers before it reads the body, bounded in size
+  and time (`read_body`), then calls `answer` (`SpillwayAPI` routes the accept paths there
+  before FastAPI's routing, whose machinery costs more than accepting a task);
+* the FastAPI routes of `spillway.api.routes`, kept for the OpenAPI document, call `handle`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -17,24 +25,25 @@ import orjson
 from pydantic import ValidationError
 
 from spillway import metrics
+from spillway.api.auth import CALLER
 from spillway.api.problems import HTTPProblem, Rendered, describe, render
 from spillway.api.schemas import BatchItem, TaskSubmission
 from spillway.app import Spillway
-from spillway.broker import AcceptReply, AcceptRequest
+from spillway.broker import AcceptRequest
 from spillway.codec import JSONError, check_depth, check_duplicate_keys
 from spillway.errors import SpillwayError
 from spillway.records import EnqueueResult
 
-__all__ = ["Accept", "Answer", "ClientGone", "Receive", "Scope", "Then"]
+__all__ = ["Accept", "Answer", "ClientGone", "Receive", "Scope", "route_path"]
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-#: What a direct route does with its answer before the server writes it.
-Then = Callable[[Rendered], Rendered]
-#: A direct route's answer: now, or once the task is written.
+#: An accept route's answer: now (a refusal), or its future while the task is written.
 Answer = Rendered | asyncio.Future[Rendered]
 
 _JSON = b"application/json"
+_TASK_LOC = ("body", "payload")
+_PROCESS_LOC = ("body",)
 
 
 class ClientGone(Exception):
@@ -42,102 +51,79 @@ class ClientGone(Exception):
 
 
 class Accept:
-    """``POST /tasks``, ``POST /process`` and ``POST /tasks/batch`` for one application."""
+    """The accept routes of one application."""
 
     def __init__(self, app: Spillway) -> None:
         self.app = app
         s = app.settings
-        self.max_body = s.max_payload_bytes
-        self.max_batch_body = s.max_batch_bytes
-        self.max_batch = s.max_batch
         self.max_depth = s.max_json_depth
         self.default_type = s.default_task_type
         self.body_timeout = s.body_timeout
+        #: The body limit of each route.
+        self.limits = {"/tasks": s.max_payload_bytes, "/tasks/batch": s.max_batch_bytes}
+        if self.default_type is not None:
+            self.limits["/process"] = s.max_payload_bytes
 
-    async def submit(self, scope: Scope, receive: Receive, caller: str) -> Rendered:
-        """One task from ``{"type": ..., "payload": ...}``."""
+    async def handle(self, path: str, scope: Scope, receive: Receive) -> Rendered:
+        """Read the body of an ASGI request (`ClientGone` if the client left first), then
+        `answer`. A wrong media type or a declared size over the limit is refused before
+        anything is read."""
+        limit = self.limits[path]
+        started = time.perf_counter()
         try:
-            return await self._submit(scope, receive, caller)
+            _, length = _check_request(path, scope, limit)
+            body = await read_body(receive, limit, length, self.body_timeout)
         except (HTTPProblem, SpillwayError) as exc:
-            return render(exc)
+            return _finish(path, started, render(exc))
+        answer = self.answer(scope, body)
+        return await answer if isinstance(answer, asyncio.Future) else answer
 
-    async def process(self, scope: Scope, receive: Receive, caller: str) -> Rendered:
-        """The seed's route: the body is the payload of the default task type."""
+    def answer(self, scope: Scope, body: bytes) -> Answer:
+        """The answer to an accept request with its whole body: at once when it is refused,
+        else the future of the answer once Redis has written (or refused) its task(s)."""
+        started = time.perf_counter()
+        path = route_path(scope)
+        loc = _PROCESS_LOC if path == "/process" else _TASK_LOC
         try:
-            return await self._process(scope, receive, caller)
+            limit = self.limits[path]
+            key, _ = _check_request(path, scope, limit)
+            if len(body) > limit:
+                raise _too_large(limit)
+            doc = parse_json(body, self.max_depth)
+            if path == "/tasks/batch":
+                return asyncio.ensure_future(self._batch(scope, doc, started))
+            request = self._task(path, key, doc)
         except (HTTPProblem, SpillwayError) as exc:
-            return render(exc, body_loc=("body",))
-
-    async def batch(self, scope: Scope, receive: Receive, caller: str) -> Rendered:
-        """Up to ``max_batch`` tasks written in one round trip; each succeeds or fails alone."""
-        try:
-            return await self._batch(scope, receive, caller)
-        except (HTTPProblem, SpillwayError) as exc:
-            return render(exc)
-
-    async def _submit(self, scope: Scope, receive: Receive, caller: str) -> Rendered:
-        key = _request_key(scope, caller)
-        doc = await self._read_json(scope, receive, self.max_body)
-        request = self._task(doc, key)
-        return _accepted(request, await self.app.enqueue_prepared(request), scope)
-
-    async def _process(self, scope: Scope, receive: Receive, caller: str) -> Rendered:
-        key = _request_key(scope, caller)
-        payload = await self._read_json(scope, receive, self.max_body)
-        request = self._default_task(payload, key)
-        return _accepted(request, await self.app.enqueue_prepared(request), scope)
-
-    def submit_soon(self, scope: Scope, body: bytes, caller: str, then: Then) -> Answer:
-        """`submit` for a body already read, without a coroutine (`spillway.api.direct`): the
-        answer, or its future while the task is written. `then` is applied to the answer."""
-        return self._soon(scope, body, caller, then, self._task, ("body", "payload"))
-
-    def process_soon(self, scope: Scope, body: bytes, caller: str, then: Then) -> Answer:
-        """`process`, as `submit_soon` is `submit`."""
-        return self._soon(scope, body, caller, then, self._default_task, ("body",))
-
-    def _soon(
-        self,
-        scope: Scope,
-        body: bytes,
-        caller: str,
-        then: Then,
-        task: Callable[[Any, str | None], AcceptRequest],
-        body_loc: tuple[str, ...],
-    ) -> Answer:
-        try:
-            key = _request_key(scope, caller)
-            _check_headers(scope, self.max_body)
-            if len(body) > self.max_body:
-                raise _too_large(self.max_body)
-            request = task(parse_json(body, self.max_depth), key)
-        except (HTTPProblem, SpillwayError) as exc:
-            return then(render(exc, body_loc=body_loc))
-        written = self.app.write_soon(request)
+            return _finish(path, started, render(exc, body_loc=loc))
         answer: asyncio.Future[Rendered] = asyncio.get_running_loop().create_future()
 
-        def done(written: asyncio.Future[AcceptReply]) -> None:
-            if written.cancelled():
+        def written(task_id: asyncio.Future[str]) -> None:
+            if task_id.cancelled():
                 answer.cancel()
                 return
-            try:
-                task_id = self.app.accepted_id(request, written.result())
-            except Exception as exc:
-                answer.set_result(then(render(exc, body_loc=body_loc)))
+            error = task_id.exception()
+            if error is None:
+                rendered = _accepted(request, task_id.result(), scope)
             else:
-                answer.set_result(then(_accepted(request, task_id, scope)))
+                rendered = render(error, body_loc=loc)
+            answer.set_result(_finish(path, started, rendered))
 
-        written.add_done_callback(done)
+        self.app.broker.accepts.accept(request).add_done_callback(written)
         return answer
 
-    def _task(self, doc: Any, key: str | None) -> AcceptRequest:
-        """The task of a ``POST /tasks`` body."""
+    def _task(self, path: str, key: str | None, doc: Any) -> AcceptRequest:
+        """The task of a ``POST /tasks`` body, or of a ``POST /process`` body (the payload of
+        the default type)."""
+        accepts = self.app.broker.accepts
+        if path == "/process":
+            task = self.app.resolve(self.default_type or "")
+            return accepts.prepare(task, doc, idempotency_key=key)
         try:
             sub = TaskSubmission.model_validate(doc, strict=True)
         except ValidationError as exc:
             raise _invalid(exc, ("body",)) from None
-        return self.app.prepare(
-            sub.type,
+        return accepts.prepare(
+            self.app.resolve(sub.type),
             sub.payload,
             idempotency_key=key,
             delay=sub.delay_s,
@@ -145,43 +131,48 @@ class Accept:
             timeout=sub.timeout_s,
         )
 
-    def _default_task(self, payload: Any, key: str | None) -> AcceptRequest:
-        """The task of a ``POST /process`` body: the payload of the default type."""
-        # The route exists only when a default type is configured.
-        return self.app.prepare(self.default_type or "", payload, idempotency_key=key)
-
-    async def _batch(self, scope: Scope, receive: Receive, caller: str) -> Rendered:
-        doc = await self._read_json(scope, receive, self.max_batch_body)
-        items = _batch_items(doc, self.max_batch)
-        results: list[EnqueueResult | None] = []
-        requests: list[tuple[int, AcceptRequest]] = []
-        for i, item in enumerate(items):
-            try:
-                request = self._prepare_item(i, item, caller)
-            except (HTTPProblem, SpillwayError) as exc:
-                results.append(EnqueueResult(task_id=None, error=exc))
-                continue
-            requests.append((len(results), request))
-            results.append(None)
-        done = await self.app.accept_prepared(results, requests)
-        for i, request in requests:
-            if done[i].ok:
-                metrics.task_accepted(request.type)
-        out = [_item_result(i, r) for i, r in enumerate(done)]
+    async def _batch(self, scope: Scope, doc: Any, started: float) -> Rendered:
+        """Up to ``max_batch`` tasks written in one round trip; each succeeds or fails alone."""
+        caller = scope.get(CALLER, "")
+        try:
+            items = _batch_items(doc, self.app.settings.max_batch)
+            results: list[EnqueueResult | None] = []
+            requests: list[tuple[int, AcceptRequest]] = []
+            for i, item in enumerate(items):
+                try:
+                    request = self._batch_item(i, item, caller)
+                except (HTTPProblem, SpillwayError) as exc:
+                    results.append(EnqueueResult(task_id=None, error=exc))
+                    continue
+                requests.append((len(results), request))
+                results.append(None)
+            if requests:
+                written = await self.app.broker.accepts.write([r for _, r in requests])
+                for (i, request), result in zip(requests, written, strict=True):
+                    results[i] = result
+                    if result.ok:
+                        metrics.task_accepted(request.type)
+        except (HTTPProblem, SpillwayError) as exc:
+            return _finish("/tasks/batch", started, render(exc))
+        done = [r for r in results if r is not None]
         accepted = sum(1 for r in done if r.ok)
         body = orjson.dumps(
-            {"results": out, "accepted": accepted, "rejected": len(done) - accepted}
+            {
+                "results": [_item_result(i, r) for i, r in enumerate(done)],
+                "accepted": accepted,
+                "rejected": len(done) - accepted,
+            }
         )
-        return 200, _json_headers(body), body
+        return _finish("/tasks/batch", started, (200, _json_headers(body), body))
 
-    def _prepare_item(self, i: int, item: Any, caller: str) -> AcceptRequest:
+    def _batch_item(self, i: int, item: Any, caller: str) -> AcceptRequest:
         try:
             sub = BatchItem.model_validate(item, strict=True)
         except ValidationError as exc:
             raise _invalid(exc, ("body", "tasks", i)) from None
         key = f"{caller}:{sub.idempotency_key}" if sub.idempotency_key is not None else None
-        return self.app.prepare(
-            sub.type,
+        return self.app.broker.accepts.prepare(
+            self.app.resolve(sub.type),
             sub.payload,
             idempotency_key=key,
             delay=sub.delay_s,
@@ -189,10 +180,33 @@ class Accept:
             timeout=sub.timeout_s,
         )
 
-    async def _read_json(self, scope: Scope, receive: Receive, limit: int) -> Any:
-        content_length = _check_headers(scope, limit)
-        body = await read_body(receive, limit, content_length, self.body_timeout)
-        return parse_json(body, self.max_depth)
+
+def _finish(path: str, started: float, rendered: Rendered) -> Rendered:
+    """An accept route's answer, counted, with the close it may need."""
+    metrics.accept_answered(path, rendered[0], rendered[2], time.perf_counter() - started)
+    if rendered[0] in (408, 413):
+        # The rest of the body is not read, so the connection cannot carry another request:
+        # say so. The server reads on and drops what the client still sends before it closes,
+        # so the client gets this answer rather than a reset (a lingering close).
+        status, headers, body = rendered
+        return status, [*headers, (b"connection", b"close")], body
+    return rendered
+
+
+def route_path(scope: Scope) -> str:
+    """The path within the application (without a mount's root path)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root) :] or "/"
+    return path
+
+
+def _check_request(path: str, scope: Scope, limit: int) -> tuple[str | None, int | None]:
+    """The scoped idempotency key (batches carry theirs per task) and the declared body size,
+    checked from the headers alone."""
+    key = None if path == "/tasks/batch" else _request_key(scope, scope.get(CALLER, ""))
+    return key, _check_headers(scope, limit)
 
 
 def _check_headers(scope: Scope, limit: int) -> int | None:

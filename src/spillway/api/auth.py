@@ -12,10 +12,12 @@ from pydantic import SecretStr
 
 from spillway.api.problems import HTTPProblem
 
-__all__ = ["ANONYMOUS", "PUBLIC_PATHS", "Auth"]
+__all__ = ["ANONYMOUS", "CALLER", "PUBLIC_PATHS", "Auth"]
 
 #: The idempotency scope of requests when authentication is off.
 ANONYMOUS = "anon"
+#: Where `SpillwayAPI` leaves the caller (its idempotency scope) in the ASGI scope.
+CALLER = "spillway.caller"
 
 #: Paths that answer without a key: probes and the API description.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/openapi.json"})

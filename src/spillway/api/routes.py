@@ -11,11 +11,10 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI, Path, Query, Request, Response
-from starlette.types import Receive, Scope
 
 from spillway import metrics
-from spillway.api.auth import ANONYMOUS
-from spillway.api.problems import HTTPProblem, Rendered
+from spillway.api.accept import Accept
+from spillway.api.problems import HTTPProblem
 from spillway.api.schemas import (
     BatchResult,
     DeadLetters,
@@ -29,14 +28,10 @@ from spillway.app import Spillway
 from spillway.errors import BrokerUnavailable, ResultTimeout
 from spillway.records import Stats
 
-__all__ = ["CALLER", "MAX_WAIT_S", "AcceptHandler", "add_accept_routes", "add_routes"]
+__all__ = ["MAX_WAIT_S", "add_accept_routes", "add_routes"]
 
 MAX_WAIT_S = 60.0
-#: Where `SpillwayAPI` leaves the caller's idempotency scope in the ASGI scope.
-CALLER = "spillway.caller"
 _QUEUE_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
-
-AcceptHandler = Callable[[Scope, Receive, str], Awaitable[Rendered]]
 
 
 def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -57,14 +52,10 @@ _IDEMPOTENCY_KEY = {
 }
 
 
-def add_accept_routes(api: FastAPI, fast: dict[str, AcceptHandler]) -> None:
+def add_accept_routes(api: FastAPI, accept: Accept) -> None:
     def endpoint(path: str) -> Callable[[Request], Awaitable[Response]]:
-        handler = fast[path]
-
         async def serve(request: Request) -> Response:
-            status, headers, body = await handler(
-                request.scope, request.receive, request.scope.get(CALLER, ANONYMOUS)
-            )
+            status, headers, body = await accept.handle(path, request.scope, request.receive)
             out = Response(body, status_code=status)
             out.raw_headers = headers
             return out
@@ -105,7 +96,7 @@ def add_accept_routes(api: FastAPI, fast: dict[str, AcceptHandler]) -> None:
         description="Writes every valid task in one Redis round trip; each task is accepted or "
         "rejected on its own, and `results` follows the order of `tasks`.",
     )
-    if "/process" in fast:
+    if "/process" in accept.limits:
         api.add_api_route(
             "/process",
             endpoint("/process"),
@@ -251,7 +242,7 @@ def _add_admin_routes(api: FastAPI, app: Spillway) -> None:
     )
     async def readyz() -> Response:
         await app.connect()
-        await app.broker.ping()
+        await app.broker.core.ping()
         return _json({"status": "ready"})
 
 

@@ -3,7 +3,6 @@
 from spillway.broker.broker import Broker
 from spillway.broker.keys import GROUP, Keys, ShardKeys, new_task_id, shard_of
 from spillway.broker.types import (
-    AcceptReply,
     AcceptRequest,
     Delivery,
     Outcome,
@@ -13,7 +12,6 @@ from spillway.broker.types import (
 
 __all__ = [
     "GROUP",
-    "AcceptReply",
     "AcceptRequest",
     "Broker",
     "Delivery",

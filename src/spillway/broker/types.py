@@ -18,14 +18,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from spillway.errors import BrokerUnavailable
+from spillway.retry import RetryPolicy
 
 __all__ = [
-    "AcceptReply",
     "AcceptRequest",
     "Delivery",
     "Outcome",
     "Started",
-    "as_float",
     "as_int",
     "ms",
     "per_node",
@@ -73,25 +72,10 @@ class AcceptRequest:
     type: str
     queue: str
     payload: str  # JSON
-    max_retries: int
-    timeout: float
-    retry_base: float
-    retry_cap: float
+    policy: RetryPolicy
     delay_ms: int = 0
     idempotency_key: str | None = None  # already scoped by the caller
     fingerprint: str = ""
-
-
-@dataclass(slots=True)
-class AcceptReply:
-    """`status` is ok, duplicate, conflict, full or late; `task_id` is the (existing) task's id.
-
-    Late: Redis ran the write after its callers' deadline, so it wrote nothing.
-    """
-
-    status: str
-    task_id: str
-    backlog: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,10 +96,7 @@ class Started:
     type: str
     payload: str
     attempts: int
-    max_retries: int
-    timeout: float
-    retry_base: float | None
-    retry_cap: float | None
+    policy: RetryPolicy
     created_at_ms: int
 
 
@@ -157,10 +138,3 @@ def as_int(value: Any) -> int:
         return int(value)
     except (TypeError, ValueError):
         return 0
-
-
-def as_float(value: Any) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None

@@ -4,8 +4,8 @@
 -- ARGV[1] group   ARGV[2] result TTL (ms)   ARGV[3] completion channel prefix
 -- ARGV[4..] the stream entry id of each delivery, in the order of KEYS[4..]
 -- Returns one item per delivery:
---   {'run', type, payload, attempts, policy, created_at}, the policy as
---   'max_retries|timeout|retry_base|retry_cap' (the last two may be empty: the task's own)
+--   {'run', type, payload, attempts, policy, created_at}; the policy as the record holds it,
+--   'max_retries|timeout|retry_base|retry_cap' (spillway.retry.RetryPolicy)
 --   {'skip'}  the entry is stale (task terminal, cancelled, missing or already acknowledged)
 --   {'dead'}  deliveries exceeded the attempt limit (the process running it kept dying), or the
 --             entry names no task record (malformed): moved to the dead-letter stream unrun
@@ -16,8 +16,7 @@ local out = {}
 for i = 4, #KEYS do
   local record, entry = KEYS[i], ARGV[i]
   local r = redis.call('HMGET', record, 'status', 'entry', 'type', 'payload', 'policy',
-    'prior_attempts', 'id', 'created_at', 'queue', 'max_retries', 'timeout', 'retry_base',
-    'retry_cap')
+    'prior_attempts', 'id', 'created_at', 'queue')
   local status = r[1]
   local pending = redis.call('XPENDING', stream, group, entry, entry, 1)
   if not status and #pending > 0 then
@@ -35,18 +34,14 @@ for i = 4, #KEYS do
     out[#out + 1] = {'skip'}
   else
     local attempts = (tonumber(r[6]) or 0) + tonumber(pending[1][4])  -- prior_attempts: 0 if unset
-    -- Records written before the policy field keep its four parts in fields of their own.
-    local policy = r[5] or ((r[10] or '0') .. '|' .. (r[11] or '') .. '|' .. (r[12] or '') ..
-      '|' .. (r[13] or ''))
-    local max_retries, timeout = string.match(policy, '^([^|]*)|([^|]*)')
-    local limit = tonumber(max_retries) + 1
+    local policy = r[5] or ''
+    local limit = (tonumber(string.match(policy, '^(%d+)|')) or 0) + 1  -- max_retries + 1
     if attempts > limit then
       local err = 'WorkerLost: the process running this task died on each of its ' ..
         limit .. ' attempts'
       local letter = redis.call('XADD', dead, '*', 'id', r[7], 'type', r[3], 'queue', r[9],
-        'payload', r[4], 'error', err, 'traceback', '', 'attempts', limit,
-        'max_retries', max_retries, 'timeout', timeout, 'created_at', r[8] or '',
-        'failed_at', now)
+        'payload', r[4], 'error', err, 'traceback', '', 'attempts', limit, 'policy', policy,
+        'created_at', r[8] or '', 'failed_at', now)
       redis.call('HSET', record, 'status', 'dead', 'attempts', limit, 'error', err,
         'finished_at', now, 'entry', '', 'dead_letter', letter)
       redis.call('PEXPIRE', record, ARGV[2])

@@ -31,15 +31,11 @@ elseif outcome == 'retry' then
     'entry', '', 'due_at', due, 'prior_attempts', ARGV[10])
   redis.call('ZADD', KEYS[3], due, ARGV[1])
 else
-  local f = redis.call('HMGET', record, 'type', 'queue', 'payload', 'policy', 'created_at',
-    'max_retries', 'timeout')
-  local max_retries, timeout = f[6], f[7]  -- a record written before the policy field
-  if f[4] then
-    max_retries, timeout = string.match(f[4], '^([^|]*)|([^|]*)')
-  end
+  local f = redis.call('HMGET', record, 'type', 'queue', 'payload', 'policy', 'created_at')
+  -- The dead letter keeps the policy whole, so a replay runs under the same one.
   local letter = redis.call('XADD', KEYS[4], '*', 'id', ARGV[1], 'type', f[1], 'queue', f[2],
     'payload', f[3], 'error', ARGV[5], 'traceback', ARGV[6], 'attempts', ARGV[10],
-    'max_retries', max_retries, 'timeout', timeout, 'created_at', f[5], 'failed_at', now)
+    'policy', f[4], 'created_at', f[5], 'failed_at', now)
   -- The record points at its dead letter, so a replay by task id needs no search.
   redis.call('HSET', record, 'status', 'dead', 'error', ARGV[5], 'traceback', ARGV[6],
     'finished_at', now, 'entry', '', 'dead_letter', letter)

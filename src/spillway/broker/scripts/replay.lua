@@ -11,23 +11,17 @@ local f = {}
 for i = 1, #fields, 2 do
   f[fields[i]] = fields[i + 1]
 end
-if not f['type'] or f['type'] == '' or not f['id'] or f['id'] == '' then
+if not f['type'] or f['type'] == '' or not f['id'] or f['id'] == '' or not f['policy'] then
   return false  -- a malformed entry: there is no task to run
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
--- The backoff is the record's (the dead letter does not keep it); empty means the task's own.
-local old = redis.call('HMGET', KEYS[2], 'policy', 'retry_base', 'retry_cap')
-local base, cap = old[2] or '', old[3] or ''  -- a record written before the policy field
-if old[1] then
-  base, cap = string.match(old[1], '^[^|]*|[^|]*|([^|]*)|([^|]*)$')
-end
 redis.call('DEL', KEYS[2])
 local entry = redis.call('XADD', KEYS[3], '*', 'id', f['id'])
 redis.call('HSET', KEYS[2],
   'id', f['id'], 'type', f['type'], 'queue', f['queue'], 'payload', f['payload'],
   'status', 'queued', 'attempts', 0, 'prior_attempts', 0,
-  'policy', f['max_retries'] .. '|' .. f['timeout'] .. '|' .. base .. '|' .. cap,
+  'policy', f['policy'],
   'created_at', f['created_at'], 'replayed_at', now, 'entry', entry)
 redis.call('XDEL', KEYS[1], ARGV[1])
 return f['id']

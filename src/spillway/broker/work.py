@@ -1,0 +1,277 @@
+"""`WorkerOps`: what a worker process asks of Redis, from reading deliveries to storing outcomes.
+
+Read new entries (`read`) or reclaim a dead worker's (`reclaim`), turn them into runs
+(`begin`, `begin.lua`), store each outcome once (`finish`, `finish.lua`), keep or hand back
+claims (`renew`, `release`), move due tasks into their streams (`promote_due`), and announce
+the worker (`heartbeat`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ResponseError
+
+from spillway.broker.core import RedisCore
+from spillway.broker.keys import GROUP
+from spillway.broker.types import Delivery, Outcome, Started, as_int, ms, stream_items
+from spillway.broker.wire import Batch
+from spillway.records import WorkerInfo
+from spillway.retry import RetryPolicy
+
+__all__ = ["WorkerOps"]
+
+
+class WorkerOps:
+    """The worker side of the broker, over a shared `RedisCore`."""
+
+    def __init__(self, core: RedisCore) -> None:
+        self.core = core
+
+    async def read(
+        self, consumer: str, streams: dict[str, tuple[str, int]], count: int, block_ms: int | None
+    ) -> list[Delivery]:
+        """New entries for this consumer (XREADGROUP >), waiting up to `block_ms`."""
+        wait = (block_ms or 0) / 1000 + self.core.settings.redis_timeout * 2
+        try:
+            async with self.core.guard(wait):
+                client = self.core.blocking if block_ms else self.core.client
+                if isinstance(client, RedisCluster):
+                    # Sent straight to the stream's node: redis-py would otherwise ask a
+                    # default node (COMMAND GETKEYS) where XREADGROUP's keys are, a round trip
+                    # per read that also fails for as long as that node is down.
+                    args: list[Any] = ["GROUP", GROUP, consumer, "COUNT", count]
+                    if block_ms is not None:
+                        args += ["BLOCK", block_ms]
+                    args += ["STREAMS", *streams, *([">"] * len(streams))]
+                    node = client.get_node_from_key(next(iter(streams)))
+                    reply = await client.execute_command("XREADGROUP", *args, target_nodes=node)
+                else:
+                    reply = await client.xreadgroup(
+                        GROUP, consumer, dict.fromkeys(streams, ">"), count=count, block=block_ms
+                    )
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                # The stream was deleted (purge, or a Redis restarted without persistence).
+                await self.core.register_queues(sorted({q for q, _ in streams.values()}))
+                return []
+            raise
+        out: list[Delivery] = []
+        for stream, entries in stream_items(reply):
+            queue, shard = streams[stream]
+            for entry_id, fields in entries:
+                if fields and "id" in fields:
+                    out.append(Delivery(queue, shard, entry_id, fields["id"]))
+                else:
+                    await self.dead_letter_malformed(queue, shard, entry_id, fields)
+        return out
+
+    async def dead_letter_malformed(
+        self, queue: str, shard: int, entry_id: str, fields: dict[str, str] | None
+    ) -> None:
+        """Move an entry Spillway did not write (no task id) to the dead letters, unrun.
+
+        Its fields are kept as JSON text for inspection; nothing in them is ever executed.
+        """
+        keys = self.core.keys.shard(shard)
+        stream = keys.stream(queue)
+        raw = orjson.dumps(fields or {}, default=str).decode()
+        async with self.core.guard(), self.core.client.pipeline(transaction=True) as pipe:
+            pipe.xadd(keys.dead(queue), {
+                "id": "", "type": "", "queue": queue, "payload": raw, "attempts": 1,
+                "error": "Malformed: a stream entry without a Spillway task id", "traceback": "",
+                "failed_at": int(time.time() * 1000),
+            })  # fmt: skip
+            pipe.xack(stream, GROUP, entry_id)
+            pipe.xdel(stream, entry_id)
+            await pipe.execute()
+
+    async def reclaim(
+        self, consumer: str, queue: str, shard: int, min_idle_ms: int, count: int, cursor: str
+    ) -> tuple[str, list[Delivery]]:
+        """Claim entries idle longer than `min_idle_ms` (their consumer is presumed dead)."""
+        stream = self.core.keys.shard(shard).stream(queue)
+        try:
+            reply = await self.core.run(
+                lambda: self.core.client.xautoclaim(
+                    stream, GROUP, consumer, min_idle_ms, start_id=cursor, count=count
+                )
+            )
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                return "0-0", []
+            raise
+        next_cursor, entries = str(reply[0]), reply[1]
+        out: list[Delivery] = []
+        for entry_id, fields in entries:
+            if fields and "id" in fields:
+                out.append(Delivery(queue, shard, entry_id, fields["id"]))
+            elif entry_id:
+                await self.dead_letter_malformed(queue, shard, entry_id, fields)
+        return next_cursor, out
+
+    async def begin(self, deliveries: Sequence[Delivery]) -> list[Started | None]:
+        """Mark deliveries running and count their attempts; None for skipped or dead-lettered."""
+        by_stream: dict[tuple[str, int], list[int]] = {}
+        for i, d in enumerate(deliveries):
+            by_stream.setdefault((d.queue, d.shard), []).append(i)
+
+        def build(pipe: Batch) -> None:
+            for (queue, k), idx in by_stream.items():
+                shard = self.core.keys.shard(k)
+                keys = [shard.stream(queue), shard.dead(queue), shard.counters]
+                keys += [shard.task(deliveries[i].task_id) for i in idx]
+                args: list[Any] = [GROUP, self.core.result_ttl_ms, shard.channel_prefix]
+                args += [deliveries[i].entry_id for i in idx]
+                self.core.scripts.queue(pipe, "begin", keys, args)
+
+        replies = await self.core.pipeline(build)
+        out: list[Started | None] = [None] * len(deliveries)
+        for idx, items in zip(by_stream.values(), replies, strict=True):
+            for i, item in zip(idx, items, strict=True):
+                if item[0] == "run":
+                    out[i] = Started(
+                        delivery=deliveries[i],
+                        type=item[1],
+                        payload=item[2],
+                        attempts=int(item[3]),
+                        policy=RetryPolicy.decode(str(item[4])),
+                        created_at_ms=as_int(item[5]),
+                    )
+        return out
+
+    async def finish(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        """Write each outcome once (a stale delivery writes nothing), ack and delete its entry."""
+
+        def build(pipe: Batch) -> None:
+            for o in outcomes:
+                d = o.delivery
+                shard = self.core.keys.shard(d.shard)
+                keys = [shard.task(d.task_id), shard.stream(d.queue), shard.due(d.queue),
+                        shard.dead(d.queue), shard.counters]  # fmt: skip
+                args = [d.task_id, d.entry_id, GROUP, o.kind, o.value, o.traceback,
+                        self.core.result_ttl_ms, o.retry_delay_ms, shard.channel(d.task_id),
+                        o.attempts]  # fmt: skip
+                self.core.scripts.queue(pipe, "finish", keys, args)
+
+        return [bool(r) for r in await self.core.pipeline(build)]
+
+    async def renew(self, consumer: str, deliveries: Sequence[Delivery]) -> int:
+        """Reset the idle time of deliveries this consumer still runs (claim renewal)."""
+        return await self._per_stream("renew", consumer, deliveries, [])
+
+    async def release(self, consumer: str, deliveries: Sequence[Delivery]) -> int:
+        """Make deliveries this consumer will not finish reclaimable at once (shutdown)."""
+        idle = ms(self.core.settings.visibility_timeout) + 1000
+        return await self._per_stream("release", consumer, deliveries, [idle])
+
+    async def _per_stream(
+        self, script: str, consumer: str, deliveries: Sequence[Delivery], extra: list[Any]
+    ) -> int:
+        groups: dict[tuple[str, int], list[str]] = {}
+        for d in deliveries:
+            groups.setdefault((d.queue, d.shard), []).append(d.entry_id)
+        if not groups:
+            return 0
+
+        def build(pipe: Batch) -> None:
+            for (queue, k), ids in groups.items():
+                keys = [self.core.keys.shard(k).stream(queue)]
+                self.core.scripts.queue(pipe, script, keys, [GROUP, consumer, *extra, *ids])
+
+        return sum(int(n) for n in await self.core.pipeline(build))
+
+    async def promote_due(self, queues: Sequence[str], limit: int = 1000) -> int:
+        """Move delayed and retry-waiting tasks whose time has come into their streams."""
+        pairs = [(s, q) for s in self.core.keys.all_shards() for q in queues]
+
+        def ask(pipe: Batch) -> None:
+            for s, q in pairs:
+                self.core.scripts.queue(pipe, "due", [s.due(q)], [limit])
+
+        due_lists = await self.core.pipeline(ask)
+        work = [(s, q, ids) for (s, q), ids in zip(pairs, due_lists, strict=True) if ids]
+        if not work:
+            return 0
+
+        def promote(pipe: Batch) -> None:
+            for s, q, ids in work:
+                keys = [s.due(q), s.stream(q), *(s.task(i) for i in ids)]
+                self.core.scripts.queue(pipe, "promote", keys, list(ids))
+
+        return sum(int(n) for n in await self.core.pipeline(promote))
+
+    async def backlog(self, queues: Sequence[str]) -> int:
+        """Entries in the streams plus tasks in the due sets: zero means fully drained."""
+        pairs = [(s, q) for s in self.core.keys.all_shards() for q in queues]
+
+        async def run() -> int:
+            async with self.core.client.pipeline(transaction=False) as pipe:
+                for s, q in pairs:
+                    pipe.xlen(s.stream(q))
+                    pipe.zcard(s.due(q))
+                return sum(int(n) for n in await pipe.execute())
+
+        result: int = await self.core.run(run)
+        return result
+
+    async def prune_consumers(self, queues: Sequence[str], idle_ms: int) -> int:
+        """Forget consumers that hold no deliveries and were not seen for `idle_ms`.
+
+        Only consumers with nothing pending are removed: deleting one with pending entries
+        would make those entries unclaimable (XGROUP DELCONSUMER drops them).
+        """
+        pruned = 0
+        for stream in self.core.streams(queues):
+
+            async def forget(stream: str = stream) -> int:
+                try:
+                    consumers = await self.core.client.xinfo_consumers(stream, GROUP)
+                except ResponseError:
+                    return 0  # no such stream or group yet
+                stale = [
+                    c["name"]
+                    for c in consumers
+                    if int(c["pending"]) == 0 and int(c["idle"]) > idle_ms
+                ]
+                for name in stale:
+                    await self.core.client.xgroup_delconsumer(stream, GROUP, name)
+                return len(stale)
+
+            pruned += int(await self.core.run(forget))
+        return pruned
+
+    async def heartbeat(self, info: WorkerInfo) -> None:
+        ttl = ms(self.core.settings.heartbeat_interval * 3)
+        now = int(time.time() * 1000)
+        key = self.core.keys.worker(info.name)
+
+        async def run() -> None:
+            async with self.core.client.pipeline(transaction=False) as pipe:
+                pipe.hset(key, mapping={
+                    "name": info.name, "host": info.host, "pid": info.pid,
+                    "queues": ",".join(info.queues), "concurrency": info.concurrency,
+                    "in_flight": info.in_flight, "processed": info.processed,
+                    "started_at": int(info.started_at.timestamp() * 1000)
+                    if info.started_at else 0,
+                    "last_seen": now,
+                })  # fmt: skip
+                pipe.pexpire(key, ttl)
+                pipe.zadd(self.core.keys.workers, {info.name: now})
+                pipe.zremrangebyscore(self.core.keys.workers, "-inf", now - ttl)
+                await pipe.execute()
+
+        await self.core.run(run)
+
+    async def deregister(self, name: str) -> None:
+        async def run() -> None:
+            async with self.core.client.pipeline(transaction=False) as pipe:
+                pipe.zrem(self.core.keys.workers, name)
+                pipe.delete(self.core.keys.worker(name))
+                await pipe.execute()
+
+        await self.core.run(run)
