@@ -169,8 +169,7 @@ class Stats(BaseModel):
     counts: dict[str, dict[str, int]]  # task type -> outcome -> count
 
 
-# Not frozen: the accept path builds one per task, and a frozen dataclass's __init__ costs
-# several times a plain one's.
+# Not frozen: the accept path builds one per task (docs/benchmarks.md#accept-request-objects).
 @dataclass(slots=True)
 class EnqueueResult:
     """The outcome of one item of `enqueue_many`: a task id, or the error that refused it."""

@@ -433,7 +433,7 @@ class Worker:
                 log.warning("claim renewal failed: %s", exc)
             if task is not None and task.cancelling():
                 # Cancelled during the Redis call, and the cancellation was swallowed below
-                # us (seen in 6 of 29 runs of a shutdown test): stop all the same, or the
+                # us (docs/benchmarks.md#renewal-during-shutdown): stop all the same, or the
                 # shutdown waits for this loop forever.
                 return
 
@@ -471,7 +471,7 @@ def _describe(exc: BaseException) -> str:
 def run_worker(app: Spillway, **kwargs: Any) -> None:
     """Run one worker in this process (uvloop when installed) until it stops."""
     # Move the objects of the imports and the app out of the collector's reach: a full
-    # collection walking them paused every running task for ~26 ms (measured at 1,000/s).
+    # collection walking them pauses every running task (docs/benchmarks.md#frozen-collector).
     gc.collect()
     gc.freeze()
 

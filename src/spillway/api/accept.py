@@ -6,7 +6,7 @@ caller) and its whole body, it checks, parses and validates the task(s), starts 
 entrances only differ in how the body arrives:
 
 * the fast protocol (`spillway.api.uvicorn_fast`) reads a small body itself and calls the
-  handler `SpillwayAPI.direct_route` gives it, which is `Accept.answer`;
+  handler `Accept.direct_route` gives it (the application's ``direct_route``): `answer`;
 * through ASGI, `Accept.handle` checks the headers before it reads the body, bounded in size
   and time (`read_body`), then calls `answer` (`SpillwayAPI` routes the accept paths there
   before FastAPI's routing, whose machinery costs more than accepting a task);
@@ -25,7 +25,7 @@ import orjson
 from pydantic import ValidationError
 
 from spillway import metrics
-from spillway.api.auth import CALLER
+from spillway.api.auth import CALLER, Auth
 from spillway.api.problems import HTTPProblem, Rendered, describe, render
 from spillway.api.schemas import BatchItem, TaskSubmission
 from spillway.app import Spillway
@@ -53,8 +53,9 @@ class ClientGone(Exception):
 class Accept:
     """The accept routes of one application."""
 
-    def __init__(self, app: Spillway) -> None:
+    def __init__(self, app: Spillway, auth: Auth) -> None:
         self.app = app
+        self.auth = auth
         s = app.settings
         self.max_depth = s.max_json_depth
         self.default_type = s.default_task_type
@@ -63,6 +64,19 @@ class Accept:
         self.limits = {"/tasks": s.max_payload_bytes, "/tasks/batch": s.max_batch_bytes}
         if self.default_type is not None:
             self.limits["/process"] = s.max_payload_bytes
+
+    def direct_route(self, scope: Scope) -> Callable[[Scope, bytes], Answer] | None:
+        """`answer`, for an accept request a server reads the small body of itself (the fast
+        protocol's direct routes). A request its headers refuse is left to ASGI, which answers
+        it before reading the body."""
+        path = route_path(scope)
+        if path not in self.limits:
+            return None
+        try:
+            self.auth.admit(scope, path)
+        except HTTPProblem:
+            return None
+        return self.answer
 
     async def handle(self, path: str, scope: Scope, receive: Receive) -> Rendered:
         """Read the body of an ASGI request (`ClientGone` if the client left first), then
@@ -234,9 +248,7 @@ def _check_headers(scope: Scope, limit: int) -> int | None:
 
 
 # Bodies that arrive in more than one message are read a few at a time: each may be buffered
-# up to the limit before it is refused, and 50 concurrent 10 MB uploads must not cost 50 MB.
-# Each read under way cost ~1.5 MB there (the buffer, its growth, the chunks): at 8 at a time
-# the API grew 14-16 MB, at 4 7-10 MB, at 1 3-4 MB.
+# up to the limit before it is refused (docs/benchmarks.md#large-body-reads).
 _LARGE_READS = 4
 # A body no larger than this that arrived in one message is completed without the semaphore.
 _SMALL_BODY = 64 * 1024

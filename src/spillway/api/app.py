@@ -13,8 +13,7 @@ from starlette.types import Receive, Scope, Send
 
 from spillway import __version__
 from spillway.api.accept import Accept, ClientGone, route_path
-from spillway.api.auth import ANONYMOUS, CALLER, PUBLIC_PATHS, Auth
-from spillway.api.direct import DirectHandler
+from spillway.api.auth import Auth
 from spillway.api.openapi import openapi_builder
 from spillway.api.problems import HTTPProblem, Rendered, render
 from spillway.api.routes import add_accept_routes, add_routes
@@ -44,10 +43,12 @@ class SpillwayAPI(FastAPI):
 
     spillway: Spillway
 
-    def setup_spillway(self, spillway: Spillway, accept: Accept) -> None:
+    def setup_spillway(self, spillway: Spillway, auth: Auth, accept: Accept) -> None:
         self.spillway = spillway
-        self._auth = Auth(spillway.settings.api_keys)
+        self._auth = auth
         self._accept = accept
+        # What the fast protocol asks for a request it can answer without ASGI.
+        self.direct_route = accept.direct_route
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -55,7 +56,7 @@ class SpillwayAPI(FastAPI):
             return
         path = route_path(scope)
         try:
-            self._identify(scope, path)
+            self._auth.admit(scope, path)
         except HTTPProblem as exc:
             await send_rendered(send, render(exc))
             return
@@ -67,27 +68,6 @@ class SpillwayAPI(FastAPI):
             await send_rendered(send, rendered)
             return
         await super().__call__(scope, receive, send)
-
-    def direct_route(self, scope: Scope) -> DirectHandler | None:
-        """`Accept.answer` for an accept route, for a server that reads a small body itself
-        (`spillway.api.uvicorn_fast`). A request its headers refuse is left to ASGI, which
-        answers before reading the body."""
-        path = route_path(scope)
-        if path not in self._accept.limits:
-            return None
-        try:
-            self._identify(scope, path)
-        except HTTPProblem:
-            return None
-        return self._accept.answer
-
-    def _identify(self, scope: Scope, path: str) -> str:
-        """The caller, from the request's headers (`HTTPProblem` 401 if they do not say)."""
-        caller = ANONYMOUS
-        if self._auth.enabled and path not in PUBLIC_PATHS:
-            caller = self._auth.identify(scope["headers"], browser=is_dashboard(path))
-        scope[CALLER] = caller
-        return caller
 
 
 async def send_rendered(send: Send, rendered: Rendered) -> None:
@@ -129,8 +109,9 @@ def create_app(app: Spillway) -> FastAPI:
         lifespan=lifespan,
         redoc_url=None,
     )
-    accept = Accept(app)
-    api.setup_spillway(app, accept)
+    auth = Auth(settings.api_keys, browser=is_dashboard)
+    accept = Accept(app, auth)
+    api.setup_spillway(app, auth, accept)
     _add_error_handlers(api)
     add_accept_routes(api, accept)
     add_routes(api, app)

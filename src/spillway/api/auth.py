@@ -6,7 +6,8 @@ import base64
 import binascii
 import hashlib
 import hmac
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
+from typing import Any
 
 from pydantic import SecretStr
 
@@ -34,10 +35,22 @@ class Auth:
     key without the key itself being stored or logged anywhere.
     """
 
-    def __init__(self, keys: Sequence[SecretStr]) -> None:
+    def __init__(
+        self, keys: Sequence[SecretStr], browser: Callable[[str], bool] = lambda path: False
+    ) -> None:
         self._keys = [
             (k.get_secret_value().encode(), _scope_of(k.get_secret_value())) for k in keys
         ]
+        self._browser = browser  # the paths a browser opens itself (Basic credentials)
+
+    def admit(self, scope: MutableMapping[str, Any], path: str) -> str:
+        """Identify a request's caller and note it in its scope at `CALLER`; `HTTPProblem`
+        401 unless it may call `path` (a path of the application, without a root path)."""
+        caller = ANONYMOUS
+        if self._keys and path not in PUBLIC_PATHS:
+            caller = self.identify(scope["headers"], browser=self._browser(path))
+        scope[CALLER] = caller
+        return caller
 
     @property
     def enabled(self) -> bool:

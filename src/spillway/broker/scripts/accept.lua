@@ -11,11 +11,9 @@
 -- ARGV[5+6(i-1)..] for task i: id, type, payload (JSON), delay (ms, 0 = now),
 --   policy 'max_retries|timeout|retry_base|retry_cap', fingerprint ('' = no idempotency key)
 -- What the queue's tasks share (its keys and name) comes once per batch, not once per task:
--- each argument is packed by the caller, then parsed and copied into Lua by Redis. With the
--- flat reply below, that took Redis from ~87,700 to ~75,800 instructions per task and the
--- caller's Python from ~63,000 to ~55,000 (callgrind, batches of 8).
--- The policy is stored as it comes, in one record field: each field of a new record costs
--- Redis ~0.6 us, and one field where there were four took an accept from ~13 to ~10.5 us.
+-- each argument is packed by the caller, then parsed and copied into Lua by Redis. The policy
+-- is stored as it comes, in one record field: every field of a new record costs Redis CPU
+-- (docs/benchmarks.md#accept-script-arguments).
 -- Returns one reply per task: 1 when it was written (under the id it was sent with), else
 -- 'duplicate|<id>' or 'conflict|<id>' (the id the key's first task has) or 'full|<backlog>';
 -- or the single string 'late' when the deadline has passed (nothing was written). A flat
