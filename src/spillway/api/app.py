@@ -16,10 +16,10 @@ from starlette.types import Receive, Scope, Send
 from spillway import __version__, metrics
 from spillway.api.accept import Accept, Answer, ClientGone, Then
 from spillway.api.auth import ANONYMOUS, PUBLIC_PATHS, Auth
-from spillway.api.direct import DirectHandler
 from spillway.api.openapi import openapi_builder
 from spillway.api.problems import HTTPProblem, Rendered, render
 from spillway.api.routes import CALLER, AcceptHandler, add_accept_routes, add_routes
+from spillway.api.uvicorn_fast import DirectHandler
 from spillway.app import Spillway
 from spillway.dashboard import add_dashboard_routes, is_dashboard
 from spillway.errors import BrokerUnavailable, ConfigurationError, SpillwayError, UnknownTaskType
