@@ -53,7 +53,7 @@ def build() -> FastAPI:
     api = create_app(load_app(app_ref))
     # Move the objects of the imports and the app out of the collector's reach: a full
     # collection walking them stalled every request in flight
-    # (docs/benchmarks.md#what-the-fast-protocol-buys).
+    # (docs/benchmarks.md#freezing-the-collector).
     gc.freeze()
     return api
 
@@ -153,7 +153,8 @@ def server(
     (``settings.body_timeout``) and a lingering close after a refused body. Otherwise it is
     uvicorn's own httptools protocol, with one warning saying why; the application answers
     the same, without those bounds (docs/reliability.md says what each loses). `options` are
-    more `uvicorn.Config` arguments (the tests' in-process servers pass some).
+    more `uvicorn.Config` arguments (the tests' in-process servers pass some). uvicorn over
+    granian: it answered more requests in the same runs (docs/benchmarks.md#http-accept).
     """
     settings = settings or Settings()
     if workers > 1:
