@@ -173,16 +173,23 @@ async def drain(app: Spillway, *task_ids: str, timeout: float = 20.0) -> None:
 
 @asynccontextmanager
 async def in_process(
-    app: Any, *, head_timeout: float, body_timeout: float, keep_alive: int = 5
+    app: Any,
+    *,
+    head_timeout: float,
+    body_timeout: float,
+    keep_alive: int = 5,
+    fast_path: bool | None = None,
 ) -> AsyncIterator[tuple[uvicorn.Server, int]]:
     """`app` served in this event loop by uvicorn on a free port, configured as
     `spillway.api.serve.server` configures it (its fast protocol, unless SPILLWAY_FAST_PATH=0
-    or its probe fails).
+    or its probe fails; `fast_path` overrides the environment).
 
     For tests of the protocol itself with an application that records what it saw. The
     socket is listening before the server starts: connections wait in its backlog.
     """
     settings = Settings(head_timeout=head_timeout, body_timeout=body_timeout)
+    if fast_path is not None:
+        settings = settings.model_copy(update={"fast_path": fast_path})
     config = configure(
         app,
         host="127.0.0.1",

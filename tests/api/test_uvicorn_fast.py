@@ -92,7 +92,7 @@ async def test_a_failed_probe_falls_back_to_the_stock_protocol_with_one_warning(
     monkeypatch.setattr(uvicorn_fast, "_probed", ["HttpToolsProtocol has no no_such_attribute"])
     caplog.set_level(logging.WARNING, logger="spillway.api")
 
-    async with in_process(_ok, head_timeout=5, body_timeout=5) as (served, port):
+    async with in_process(_ok, head_timeout=5, body_timeout=5, fast_path=True) as (served, port):
         response = await _get(f"http://127.0.0.1:{port}/")
 
     assert response.status_code == 200
