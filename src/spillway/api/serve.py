@@ -94,7 +94,7 @@ class Server:
 
         if self.config.workers > 1:
             sock = self.config.bind_socket()
-            # uvicorn < 0.36 (or so) takes the target each process runs; later ones build it.
+            # uvicorn < 0.51 takes the target each process runs; later ones build it.
             takes_target = "target" in inspect.signature(Multiprocess).parameters
             extra = {"target": _Run(self.config)} if takes_target else {}
             Multiprocess(self.config, sockets=[sock], **extra).run()
@@ -113,8 +113,9 @@ class Server:
 class _Run:
     """Run one server process; exit with `STARTUP_FAILURE` if it never started.
 
-    uvicorn >= 0.36 (or so) exits so itself when the application's lifespan fails; older
-    ones only return, and the process would end with 0 as if it had served and been stopped.
+    uvicorn >= 0.50 exits so itself when the application's lifespan fails; older ones only
+    return, and the process would end with 0 as if it had served and been stopped. (Their
+    supervisor of several processes restarts such a process; from 0.50 it stops instead.)
     """
 
     def __init__(self, config: uvicorn.Config) -> None:
