@@ -50,7 +50,7 @@ async def _direct_answer(
 
 
 class _DirectCeiling:
-    """The ceiling with its POSTs answered as a direct route (`spillway.api.direct`): by the
+    """The ceiling with its POSTs answered as a direct route (`spillway.api.uvicorn_fast`): by the
     protocol itself, without the ASGI cycle, as Spillway answers its accept routes."""
 
     async def __call__(

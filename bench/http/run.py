@@ -339,8 +339,9 @@ def ceiling_server(workers: int) -> Server:
 
 
 def direct_ceiling_server(workers: int) -> Server:
-    """The ceiling answering its POSTs from the protocol, without ASGI (`spillway.api.direct`),
-    as Spillway answers its accept routes: for the analysis only."""
+    """The ceiling answering its POSTs from the protocol, without ASGI
+    (`spillway.api.uvicorn_fast`), as Spillway answers its accept routes: for the analysis
+    only."""
     return Server(
         f"direct-ceiling-{workers}",
         [sys.executable, "-c", _SERVE_CEILING, DIRECT_CEILING_APP, "{port}", str(workers)],
@@ -637,7 +638,7 @@ def _verdicts(results: dict[int, dict[str, list[Figures]]]) -> list[str]:
         "ceiling.",
         "",
         "The ceiling without ASGI: Spillway's API answers its accept routes from the protocol "
-        "(`spillway.api.direct`), without the ASGI cycle (an event, a task, `receive` and "
+        "(`spillway.api.uvicorn_fast`), without the ASGI cycle (an event, a task, `receive` and "
         "`send`) that the ceiling's bare application goes through. The same server answering "
         "the same 202 that way (the last row) answered "
         f"{statistics.median(f.rps for f in direct_ceiling):,.0f} requests/s, "
@@ -698,7 +699,7 @@ def _report(
             "the 202); Spillway is `spillway.api.serve` (what `spillway api` runs) serving "
             "`bench/http/spillway_app.py`, writing each task durably (record + stream entry, "
             "idempotency and backlog checks, one Lua script) before its 202, its accept "
-            "routes answered by the protocol without an ASGI cycle (`spillway.api.direct`). "
+            "routes answered by the protocol without an ASGI cycle (`spillway.api.uvicorn_fast`). "
             "The ceiling is "
             "`bench/http/ceiling_app.py` on `spillway.api.serve.server`, the very uvicorn "
             "server `serve` runs: it reads the body and sends the same 202, doing nothing else.",

@@ -27,7 +27,7 @@ import uvicorn
 from tests.api.sample_app import build
 
 from spillway import Settings, Spillway, Worker
-from spillway.api.protocol import ServerConfig
+from spillway.api.serve import server as configure
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 30.0
@@ -173,26 +173,33 @@ async def drain(app: Spillway, *task_ids: str, timeout: float = 20.0) -> None:
 
 @asynccontextmanager
 async def in_process(
-    app: Any, *, head_timeout: float, body_timeout: float, keep_alive: int = 5
+    app: Any,
+    *,
+    head_timeout: float,
+    body_timeout: float,
+    keep_alive: int = 5,
+    fast_path: bool | None = None,
 ) -> AsyncIterator[tuple[uvicorn.Server, int]]:
-    """`app` served in this event loop by uvicorn with `BoundedProtocol`, on a free port.
+    """`app` served in this event loop by uvicorn on a free port, configured as
+    `spillway.api.serve.server` configures it (its fast protocol, unless SPILLWAY_FAST_PATH=0
+    or its probe fails; `fast_path` overrides the environment).
 
     For tests of the protocol itself with an application that records what it saw. The
     socket is listening before the server starts: connections wait in its backlog.
     """
-    config = ServerConfig(
+    settings = Settings(head_timeout=head_timeout, body_timeout=body_timeout)
+    if fast_path is not None:
+        settings = settings.model_copy(update={"fast_path": fast_path})
+    config = configure(
         app,
-        head_limit=64 * 1024,
-        head_timeout=head_timeout,
-        body_timeout=body_timeout,
+        host="127.0.0.1",
+        port=0,
+        workers=1,
+        settings=settings,
         timeout_keep_alive=keep_alive,
         lifespan="off",
-        log_config=None,
-        access_log=False,
-        proxy_headers=False,  # its middleware would hide the application's direct routes
-        server_header=False,
         timeout_graceful_shutdown=5,
-    )
+    ).config
     server = uvicorn.Server(config)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

@@ -1,7 +1,7 @@
-"""Direct routes (`spillway.api.direct`): a plain small POST is answered by the protocol
+"""Direct routes (`spillway.api.uvicorn_fast`): a plain small POST is answered by the protocol
 itself, anything else by ASGI, and both the same way on the wire.
 
-The server here is uvicorn with `BoundedProtocol`, in this process, over real sockets, so the
+The server here is uvicorn with `FastProtocol`, in this process, over real sockets, so the
 application can say which path answered each request (``x-path``).
 """
 
@@ -16,7 +16,9 @@ import pytest
 import uvicorn
 from tests.api.servers import in_process
 
-from spillway.api.direct import DIRECT_BODY, DirectHandler
+from spillway.api.uvicorn_fast import DIRECT_BODY, DirectHandler
+
+pytestmark = pytest.mark.fast_protocol
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -1,5 +1,8 @@
-"""The server's own bounds (`spillway.api.protocol`): request heads bounded in size and time,
-and a lingering close, so a refused upload gets its answer and not a reset."""
+"""The server's own bounds (`spillway.api.uvicorn_fast`): request heads bounded in size and time,
+and a lingering close, so a refused upload gets its answer and not a reset.
+
+Those are the fast protocol's (marked ``fast_protocol``); the rest hold on uvicorn's stock
+protocol too."""
 
 from __future__ import annotations
 
@@ -49,6 +52,7 @@ async def _head(reader: asyncio.StreamReader) -> bytes:
         return await reader.readuntil(b"\r\n\r\n")
 
 
+@pytest.mark.fast_protocol
 async def test_a_head_over_the_limit_gets_431_and_the_server_serves_on(
     api_server: ApiServer, http: httpx.AsyncClient
 ) -> None:
@@ -68,6 +72,7 @@ async def test_a_head_just_under_the_limit_is_served(http: httpx.AsyncClient) ->
     assert response.status_code == 200
 
 
+@pytest.mark.fast_protocol
 async def test_a_head_sent_a_byte_at_a_time_gets_408_at_the_deadline(
     hasty_server: ApiServer,
 ) -> None:
@@ -90,6 +95,7 @@ async def test_a_head_sent_a_byte_at_a_time_gets_408_at_the_deadline(
     assert 0.9 <= time.monotonic() - started < 4  # the 1 s deadline
 
 
+@pytest.mark.fast_protocol
 async def test_a_connection_that_sends_nothing_is_closed_at_the_deadline(
     hasty_server: ApiServer,
 ) -> None:
@@ -104,6 +110,7 @@ async def test_a_connection_that_sends_nothing_is_closed_at_the_deadline(
     assert 0.9 <= time.monotonic() - started < 4  # the 1 s deadline
 
 
+@pytest.mark.fast_protocol
 async def test_a_small_body_that_stops_arriving_gets_408_and_the_server_serves_on(
     hasty_server: ApiServer,
 ) -> None:
@@ -137,6 +144,7 @@ async def test_a_slow_long_poll_is_not_cut_by_the_head_deadline(hasty_server: Ap
     assert time.monotonic() - started >= 1.9
 
 
+@pytest.mark.fast_protocol
 async def test_concurrent_oversized_uploads_each_get_their_413(api_server: ApiServer) -> None:
     # Each client sends the whole of a body four times over the limit, as a client that does
     # not wait for 100-continue does. The server answers 413 at once and reads on to drop the

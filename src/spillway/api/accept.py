@@ -201,7 +201,7 @@ def _finish(path: str, started: float, rendered: Rendered) -> Rendered:
     if rendered[0] in (408, 413):
         # The rest of the body is not read, so the connection cannot carry another request:
         # say so. The server reads on and drops what the client still sends before it closes,
-        # so the client gets this answer rather than a reset (a lingering close).
+        # so the client gets this answer rather than a reset (the fast protocol's lingering close).
         status, headers, body = rendered
         return status, [*headers, (b"connection", b"close")], body
     return rendered

@@ -7,25 +7,36 @@ factory here, which imports the application named in ``SPILLWAY_API_APP``.
 from __future__ import annotations
 
 import gc
+import inspect
+import logging
 import os
 import signal
+import sys
 from types import FrameType
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI
 
-from spillway.api.protocol import ServerConfig
+from spillway.api import uvicorn_fast
 from spillway.errors import ConfigurationError
 from spillway.loading import load_app
 from spillway.settings import Settings
 
-__all__ = ["APP_ENV", "HEAD_LIMIT", "Server", "build", "serve", "server"]
+__all__ = ["APP_ENV", "HEAD_LIMIT", "STARTUP_FAILURE", "Server", "build", "serve", "server"]
+
+log = logging.getLogger("spillway.api")
 
 #: The environment variable that tells the server's processes which application to serve.
 APP_ENV = "SPILLWAY_API_APP"
 
 #: The largest request head (request line and headers) accepted; larger ones get 431.
 HEAD_LIMIT = 64 * 1024
+
+#: The exit status of a server whose start-up failed (the application's lifespan refused to
+#: start, say against a Redis that may evict keys): uvicorn's own, which its supervisor of
+#: several processes takes as "do not restart".
+STARTUP_FAILURE = 3
 
 #: Seconds a stopping process gives the requests in flight before it closes their connections
 #: (without a bound, one client that never finishes its request keeps the process running).
@@ -40,9 +51,9 @@ def build() -> FastAPI:
     if not app_ref:
         raise ConfigurationError(f"{APP_ENV} is not set; start the API with `spillway api APP`")
     api = create_app(load_app(app_ref))
-    # Move the ~80,000 objects of the imports and the app out of the collector's reach: a full
-    # collection walking them stalled every request in flight for 40-120 ms (the p99 at 64
-    # connections fell from ~60 ms to ~15 ms; docs/benchmarks.md, "HTTP accept").
+    # Move the objects of the imports and the app out of the collector's reach: a full
+    # collection walking them stalled every request in flight
+    # (docs/benchmarks.md#freezing-the-collector).
     gc.freeze()
     return api
 
@@ -69,26 +80,52 @@ class Server:
     """A configured uvicorn server: `serve` runs it in this process or as ``workers`` processes
     sharing one listening socket, until SIGTERM or SIGINT."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: uvicorn.Config) -> None:
         self.config = config
 
+    @property
+    def fast(self) -> bool:
+        """Whether it serves with the fenced protocol (`spillway.api.uvicorn_fast`)."""
+        return isinstance(self.config, uvicorn_fast.ServerConfig)
+
     def serve(self) -> None:
-        import uvicorn
+        """Serve until stopped; exit with `STARTUP_FAILURE` if the server never started."""
         from uvicorn.supervisors import Multiprocess
 
         if self.config.workers > 1:
             sock = self.config.bind_socket()
-            Multiprocess(self.config, sockets=[sock]).run()
+            # uvicorn < 0.51 takes the target each process runs; later ones build it.
+            takes_target = "target" in inspect.signature(Multiprocess).parameters
+            extra = {"target": _Run(self.config)} if takes_target else {}
+            Multiprocess(self.config, sockets=[sock], **extra).run()
             return
         # uvicorn stops gracefully on SIGTERM or SIGINT, then raises the signal again for the
         # handler it found in place. With the default one the process would end killed by the
         # signal; a stop that was asked for ends with status 0.
         previous = {sig: signal.signal(sig, _ignore) for sig in _STOP_SIGNALS}
         try:
-            uvicorn.Server(self.config).run()
+            _Run(self.config)()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+class _Run:
+    """Run one server process; exit with `STARTUP_FAILURE` if it never started.
+
+    uvicorn >= 0.50 exits so itself when the application's lifespan fails; older ones only
+    return, and the process would end with 0 as if it had served and been stopped. (Their
+    supervisor of several processes restarts such a process; from 0.50 it stops instead.)
+    """
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        self.config = config
+
+    def __call__(self, sockets: list[Any] | None = None) -> None:
+        server = uvicorn.Server(self.config)
+        server.run(sockets=sockets)
+        if not server.started:
+            sys.exit(STARTUP_FAILURE)
 
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -99,45 +136,60 @@ def _ignore(signum: int, frame: FrameType | None) -> None:
 
 
 def server(
-    target: str,
+    target: str | Any,
     *,
     host: str,
     port: int,
     workers: int,
     factory: bool = False,
     settings: Settings | None = None,
+    **options: Any,
 ) -> Server:
     """The uvicorn server `serve` runs, for any ASGI `target` (the benchmarks' ceiling uses it).
 
-    HTTP/1.1 on httptools and uvloop, no websockets, no access log and no proxy headers, with
-    the request head bounded in size (`HEAD_LIMIT`) and time (``settings.head_timeout``), the
-    pauses in a body bounded (``settings.body_timeout``) and a lingering close after a refused
-    body (`spillway.api.protocol`). uvicorn over granian: in the same `make bench` runs on
-    this 2-CPU machine it answered 2.07x as many bare requests and 1.37x as many of
-    Spillway's (docs/benchmarks.md, "HTTP accept").
+    HTTP/1.1 on httptools and uvloop, no websockets, no access log and no proxy headers.
+    With ``settings.fast_path`` on and `spillway.api.uvicorn_fast.probe` passing, the protocol
+    is `spillway.api.uvicorn_fast.FastProtocol`: direct routes, the request head bounded in
+    size (`HEAD_LIMIT`) and time (``settings.head_timeout``), the pauses in a body bounded
+    (``settings.body_timeout``) and a lingering close after a refused body. Otherwise it is
+    uvicorn's own httptools protocol, with one warning saying why; the application answers
+    the same, without those bounds (docs/reliability.md says what each loses). `options` are
+    more `uvicorn.Config` arguments (the tests' in-process servers pass some). uvicorn over
+    granian: it answered more requests in the same runs (docs/benchmarks.md#http-accept).
     """
     settings = settings or Settings()
-    extra: dict[str, Any] = {}
     if workers > 1:
-        extra["workers"] = workers
-    return Server(
-        ServerConfig(
+        options["workers"] = workers
+    common: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "factory": factory,
+        "loop": "uvloop",
+        "ws": "none",
+        "lifespan": "on",
+        "interface": "asgi3",
+        "log_config": None,
+        "access_log": False,
+        "proxy_headers": False,
+        "server_header": False,
+        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN,
+        **options,
+    }
+    why_not = uvicorn_fast.probe() if settings.fast_path else "SPILLWAY_FAST_PATH is off"
+    if why_not is None:
+        config: uvicorn.Config = uvicorn_fast.ServerConfig(
             target,
             head_limit=HEAD_LIMIT,
             head_timeout=settings.head_timeout,
             body_timeout=settings.body_timeout,
-            host=host,
-            port=port,
-            factory=factory,
-            loop="uvloop",
-            ws="none",
-            lifespan="on",
-            interface="asgi3",
-            log_config=None,
-            access_log=False,
-            proxy_headers=False,
-            server_header=False,
-            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
-            **extra,
+            **common,
         )
-    )
+    else:
+        log.warning(
+            "Serving with uvicorn %s's own httptools protocol, without direct routes or the "
+            "server's bounds on request heads, body pauses and lingering closes: %s",
+            uvicorn.__version__,
+            why_not,
+        )
+        config = uvicorn.Config(target, http="httptools", **common)
+    return Server(config)
