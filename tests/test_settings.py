@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from spillway import Settings
 from tests.conftest import ROOT
+
+from spillway import Settings
 
 
 def test_every_setting_is_documented_in_the_readme() -> None:
