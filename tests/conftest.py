@@ -10,11 +10,11 @@ from typing import cast
 
 import pytest
 import redis.asyncio as aioredis
+from tests.embedded_cluster import EmbeddedCluster
 
 from spillway import Settings, Spillway
 from spillway.broker.connection import make_client
 from spillway.embedded import EmbeddedRedis
-from spillway.embedded_cluster import EmbeddedCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 
