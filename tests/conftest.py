@@ -173,6 +173,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         module = vars(item.module) if item.module else {}
         if any(v is browser or v is browser.chromium for v in module.values()):
             item.add_marker(pytest.mark.browser)
+        # pytest has no public way to a test's fixture functions at collection time.
         fixtures = [d.func for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs]
         if _reaches([inspect.unwrap(f) for f in (item.function, *fixtures)], _STARTERS):
             item.add_marker(pytest.mark.subprocess)
