@@ -14,10 +14,10 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
 UV := $(BIN)/uv
 
-.PHONY: help install lock dev test test-cluster lint fmt bench chaos soak clean chromium wrk screenshot
+.PHONY: help install lock dev test test-fast test-cluster lint fmt bench chaos soak clean chromium wrk screenshot
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 # Re-runs only when the project or the lock changes; a no-op otherwise.
 $(STAMP): pyproject.toml uv.lock
@@ -46,8 +46,16 @@ CHROMIUM := /usr/bin/chromium
 chromium:  ## install Debian's chromium for the browser tests, if missing
 	@$(call apt_install,$(CHROMIUM),chromium)
 
+# $(call timed,TARGET,COMMAND): run COMMAND, then print how long it took, whether it passed or not.
+timed = start=$$(date +%s); $(2); status=$$?; \
+	echo "make $(1): $$(( $$(date +%s) - start )) s"; exit $$status
+
 test: $(STAMP) chromium  ## run the test suite (all but chaos tests)
-	$(BIN)/pytest -q -m "not chaos" $(PYTEST_ARGS)
+	@$(call timed,test,$(BIN)/pytest -q -m "not chaos" $(PYTEST_ARGS))
+
+# The browser and subprocess markers are applied in tests/conftest.py; no chromium needed.
+test-fast: $(STAMP)  ## the edit-test loop: the suite without browser or subprocess tests
+	@$(call timed,test-fast,$(BIN)/pytest -q -m "not chaos and not browser and not subprocess" $(PYTEST_ARGS))
 
 test-cluster: $(STAMP) chromium  ## run the suite against a local Redis Cluster (3 primaries, 3 shards)
 	SPILLWAY_TEST_CLUSTER=1 SPILLWAY_TEST_SHARDS=3 $(BIN)/pytest -q -m "not chaos" $(PYTEST_ARGS)

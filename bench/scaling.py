@@ -18,10 +18,11 @@ import sys
 import time
 from dataclasses import dataclass
 
+from tests.embedded_cluster import EmbeddedCluster
+
 from bench import ROOT, Report, machine
 from spillway import Settings
 from spillway.embedded import find_redis_server
-from spillway.embedded_cluster import EmbeddedCluster
 
 __all__ = ["run"]
 

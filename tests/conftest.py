@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import FunctionType
 from typing import cast
 
 import pytest
 import redis.asyncio as aioredis
+from tests import browser, clitools, procs
+from tests.api import servers
+from tests.chaos import harness
+from tests.embedded_cluster import EmbeddedCluster
 
 from spillway import Settings, Spillway
 from spillway.broker.connection import make_client
 from spillway.embedded import EmbeddedRedis
-from spillway.embedded_cluster import EmbeddedCluster
+from spillway.supervisor import Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -103,3 +109,71 @@ def worker_env(settings: Settings) -> dict[str, str]:
             env[f"SPILLWAY_{name.upper()}"] = str(value)
     env["PYTHONPATH"] = str(ROOT)
     return env
+
+
+# --- Markers -----------------------------------------------------------------------------------
+# `make test-fast` leaves out the tests that drive a browser or start a process of Spillway's
+# own. They are marked here, from what each test and its fixtures use, so test files carry no
+# marker of their own and a new test that spawns a worker is marked without anyone remembering.
+
+# What starts a process: the `spillway` command as a child, an API server, the supervisor, a
+# chaos stack's API and workers. (Embedded Redis servers do not count: nearly every test uses one.)
+_STARTERS: tuple[object, ...] = (
+    procs.spawn,
+    clitools.spawn,
+    servers.ApiServer,
+    servers.serving,
+    Supervisor,
+    harness.Child,
+)
+_TESTS = Path(__file__).resolve().parent
+
+
+def _ours(obj: object) -> bool:
+    """Whether `obj` is a function or class written under tests/ (whose code we follow)."""
+    try:
+        source = inspect.getsourcefile(obj)  # type: ignore[arg-type]
+    except TypeError:
+        return False
+    return source is not None and Path(source).resolve().is_relative_to(_TESTS)
+
+
+def _reaches(roots: list[object], targets: tuple[object, ...]) -> bool:
+    """Whether calling `roots` can reach one of `targets`: follows the global names their code
+    uses, through the functions and classes of tests/ (helpers, fixtures, their classes)."""
+    seen: set[int] = set()
+    todo = list(roots)
+    while todo:
+        obj = todo.pop()
+        if any(obj is target for target in targets):
+            return True
+        if id(obj) in seen or not _ours(obj):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, type):
+            # Methods, and the functions behind properties, static and class methods.
+            for member in vars(obj).values():
+                todo += [member, getattr(member, "fget", None), getattr(member, "__func__", None)]
+        elif isinstance(obj, FunctionType):
+            codes, names = [obj.__code__], set[str]()
+            while codes:
+                code = codes.pop()
+                names.update(code.co_names)
+                codes += [c for c in code.co_consts if inspect.iscode(c)]
+            todo += [obj.__globals__[n] for n in names if n in obj.__globals__]
+    return False
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `browser` every test of a module that drives one, `subprocess` every test that
+    (itself or through a fixture) starts a process."""
+    for item in items:
+        if not isinstance(item, pytest.Function):
+            continue
+        module = vars(item.module) if item.module else {}
+        if any(v is browser or v is browser.chromium for v in module.values()):
+            item.add_marker(pytest.mark.browser)
+        # pytest has no public way to a test's fixture functions at collection time.
+        fixtures = [d.func for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs]
+        if _reaches([inspect.unwrap(f) for f in (item.function, *fixtures)], _STARTERS):
+            item.add_marker(pytest.mark.subprocess)

@@ -11,10 +11,10 @@ import time
 
 import pytest
 from redis.crc import key_slot
+from tests.embedded_cluster import EmbeddedCluster
 from tests.procs import output, spawn_worker, stop
 
 from spillway import Settings, Spillway
-from spillway.embedded_cluster import EmbeddedCluster
 from spillway.errors import BrokerUnavailable
 
 

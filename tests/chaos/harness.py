@@ -22,12 +22,12 @@ from typing import Any, cast
 
 import httpx
 import redis.asyncio as aioredis
+from tests.embedded_cluster import EmbeddedCluster
 
 from spillway import Settings, Spillway
 from spillway.broker import GROUP
 from spillway.broker.connection import make_client
 from spillway.embedded import EmbeddedRedis
-from spillway.embedded_cluster import EmbeddedCluster
 from spillway.records import TERMINAL
 
 __all__ = ["APP", "Child", "Stack", "free_port"]

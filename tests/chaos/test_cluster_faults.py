@@ -18,9 +18,9 @@ from tests.chaos.checker import Verdict
 from tests.chaos.conftest import StackFactory
 from tests.chaos.load import drive
 from tests.chaos.scenarios import SIZES, conclude, finish, pick, start
+from tests.embedded_cluster import EmbeddedCluster
 
 from spillway.embedded import EmbeddedRedis
-from spillway.embedded_cluster import EmbeddedCluster
 
 WORKERS, CONCURRENCY = 2, 8
 

@@ -1,0 +1,57 @@
+"""Deliveries at the broker: one outcome per delivery, entries it did not write dead-lettered."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from tests.engine import Item, drain, pending, read_everything, stream_key, stream_lengths
+
+from spillway import Spillway
+
+
+async def test_finish_writes_one_outcome_for_a_duplicate_delivery(app: Spillway) -> None:
+    @app.task
+    async def once(item: Item) -> int:
+        return item.n
+
+    task_id = await app.enqueue("once", {"n": 1})
+    broker = app.broker
+    deliveries = await read_everything(app, "a")
+    started = await broker.work.begin(deliveries)
+    assert started[0] is not None
+    from spillway.broker import Outcome
+
+    first = Outcome(deliveries[0], "once", "succeeded", "1", attempts=1)
+    second = Outcome(deliveries[0], "once", "succeeded", "2", attempts=1)
+    assert await broker.work.finish([first]) == [True]
+    assert await broker.work.finish([second]) == [False]
+    assert (await app.get(task_id)).result == 1
+    # Only the outcome that was written is counted.
+    assert (await app.stats()).counts == {"once": {"succeeded": 1}}
+
+
+async def test_entries_spillway_did_not_write_are_dead_lettered_unrun(
+    app: Spillway, redis: aioredis.Redis, tmp_path: Path
+) -> None:
+    @app.task
+    async def known(item: Item) -> None:
+        return None
+
+    await app.connect()
+    canary = tmp_path / "pwned"
+    # A pickle whose loading would create the canary file: Spillway must never unpickle it.
+    blob = b"cos\nsystem\n(S'touch " + str(canary).encode() + b"'\ntR."
+    stream = stream_key(app)
+    await redis.xadd(stream, {"data": blob})  # no task id at all
+    await redis.xadd(stream, {"id": blob})  # a "task id" that names no task
+    await redis.xadd(stream, {"hello": "world"})
+    await drain(app)
+
+    assert not canary.exists()
+    dead = await app.dead_letters()
+    assert len(dead) == 3
+    assert all(d.error.startswith("Malformed") for d in dead)
+    assert await stream_lengths(app, redis) == 0
+    assert await pending(app, redis) == 0
+    assert await app.replay_all() == 0  # there is no task in them to run

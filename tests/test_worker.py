@@ -1,0 +1,255 @@
+"""The worker in one process: runs, sync handlers, retries and backoff, dead letters, timeouts,
+claims, reclaim and stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+
+import pytest
+import redis.asyncio as aioredis
+from tests.engine import Item, drain, pending, read_everything, stream_lengths
+
+from spillway import Settings, Spillway, TaskContext, TaskFailed, TaskStatus, Worker
+from spillway.broker.keys import shard_of
+
+
+async def test_sync_handler_runs_in_a_thread_and_gets_its_context(app: Spillway) -> None:
+    import threading
+
+    seen: list[tuple[str, int, bool]] = []
+
+    @app.task
+    def blocking(item: Item, ctx: TaskContext) -> int:
+        seen.append(
+            (ctx.task_id, ctx.attempt, threading.current_thread() is threading.main_thread())
+        )
+        return item.n
+
+    task_id = await app.enqueue(blocking, {"n": 7})
+    await drain(app)
+    assert await app.result(task_id, timeout=1) == 7
+    assert seen == [(task_id, 1, False)]
+
+
+async def test_stop_completes_when_a_renewal_swallows_its_cancellation(
+    app: Spillway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # During a shutdown, a claim renewal's Redis call once returned normally after its task had
+    # been cancelled (the cancellation swallowed below it); the worker then never exited.
+    renewing = asyncio.Event()
+
+    async def swallowing_renew(self: Worker) -> None:
+        renewing.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(3600)
+
+    monkeypatch.setattr(Worker, "_renew", swallowing_renew)
+    worker = Worker(app)
+    running = asyncio.create_task(worker.run())
+    await asyncio.wait_for(renewing.wait(), 10)
+    worker.stop()
+
+    done, _ = await asyncio.wait({running}, timeout=10)  # fails, not hangs, without the fix
+    assert running in done, "the worker did not stop"
+    await running
+
+
+async def test_task_failing_twice_then_succeeding_ends_succeeded_after_backoff(
+    app: Spillway,
+) -> None:
+    starts: list[float] = []
+
+    @app.task(max_retries=3, retry_base=0.2, retry_cap=5, retry_jitter=False)
+    async def flaky(item: Item) -> str:
+        starts.append(time.monotonic())
+        if len(starts) < 3:
+            raise RuntimeError(f"failure {len(starts)}")
+        return "ok"
+
+    task_id = await app.enqueue("flaky", {"n": 1})
+    await drain(app)
+
+    record = await app.get(task_id)
+    assert record.status is TaskStatus.SUCCEEDED
+    assert record.result == "ok"
+    assert record.attempts == 3
+    # Without jitter the waits are exactly base * 2**(attempt-1): 0.2 s, then 0.4 s.
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert gaps[0] >= 0.2
+    assert gaps[1] >= 0.4
+
+
+async def test_always_failing_task_is_dead_after_all_attempts_and_replay_runs_it_again(
+    app: Spillway, redis: aioredis.Redis
+) -> None:
+    runs: list[int] = []
+    healed = False
+
+    @app.task(max_retries=3)
+    async def broken(item: Item, ctx: TaskContext) -> str:
+        runs.append(ctx.attempt)
+        if not healed:
+            raise ValueError("cannot do it")
+        return "fixed"
+
+    task_id = await app.enqueue("broken", {"n": 5})
+    await drain(app)
+
+    record = await app.get(task_id)
+    assert record.status is TaskStatus.DEAD
+    assert record.attempts == 4
+    assert runs == [1, 2, 3, 4]
+    assert record.error == "ValueError: cannot do it"
+    assert record.traceback
+    assert "cannot do it" in record.traceback
+    with pytest.raises(TaskFailed):
+        await app.result(task_id, timeout=1)
+
+    dead = await app.dead_letters()
+    assert [(d.id, d.attempts, d.error, d.payload) for d in dead] == [
+        (task_id, 4, "ValueError: cannot do it", {"n": 5})
+    ]
+    assert "cannot do it" in dead[0].traceback
+
+    healed = True
+    assert await app.replay(task_id) is True
+    assert await app.replay(task_id) is False  # already replayed: not twice
+    assert await app.dead_letters() == []
+    await drain(app)
+    record = await app.get(task_id)
+    assert record.status is TaskStatus.SUCCEEDED
+    assert record.result == "fixed"
+    assert await stream_lengths(app, redis) == 0
+
+
+async def test_per_task_timeout_fails_the_run(app: Spillway) -> None:
+    @app.task(max_retries=0, timeout=0.2)
+    async def slow(item: Item) -> None:
+        await asyncio.sleep(30)
+
+    task_id = await app.enqueue("slow", {"n": 1})
+    started = time.monotonic()
+    await drain(app)
+    assert time.monotonic() - started < 5
+    record = await app.get(task_id)
+    assert record.status is TaskStatus.DEAD
+    assert record.error is not None
+    assert record.error.startswith("TimeoutError")
+
+
+async def test_unknown_types_are_dead_lettered_on_their_first_delivery(
+    app: Spillway, redis: aioredis.Redis
+) -> None:
+    @app.task
+    async def known(item: Item) -> None:
+        return None
+
+    # A task record naming a type no worker knows (written by a newer API, say).
+    task_id = await app.enqueue("known", {"n": 1})
+    await redis.hset(app.broker.keys.for_task(task_id).task(task_id), "type", "vanished")
+    await drain(app)
+    record = await app.get(task_id)
+    assert record.status is TaskStatus.DEAD
+    assert record.attempts == 1
+    assert record.error is not None
+    assert "UnknownTaskType" in record.error
+    assert await stream_lengths(app, redis) == 0
+
+
+async def test_a_slow_task_keeps_its_claim_and_is_never_run_twice(app: Spillway) -> None:
+    runs: list[str] = []
+
+    # 2.5 s of work against a 1 s visibility timeout: renewal must keep other workers off it.
+    @app.task(timeout=10)
+    async def slow(item: Item, ctx: TaskContext) -> None:
+        runs.append(ctx.task_id)
+        await asyncio.sleep(2.5)
+
+    task_id = await app.enqueue("slow", {"n": 1})
+    first, second = Worker(app, burst=True), Worker(app, burst=True)
+    await asyncio.wait_for(asyncio.gather(first.run(), second.run()), 30)
+    assert runs == [task_id]
+    assert (await app.get(task_id)).attempts == 1
+
+
+async def test_equal_entry_ids_on_two_shards_are_two_claims(settings: Settings) -> None:
+    # Entry ids are unique per stream only: two shards' streams hand out the same id when they
+    # take an entry in the same millisecond. Each claim must be renewed and freed on its own.
+    app = Spillway(settings.model_copy(update={"shards": 2}))
+    runs: list[str] = []
+
+    @app.task(timeout=10, max_retries=3)
+    async def slow(item: Item, ctx: TaskContext) -> None:
+        runs.append(ctx.task_id)
+        # Shard 0's tasks end long before shard 1's claims would lapse without renewal.
+        await asyncio.sleep(2.5 if shard_of(ctx.task_id, 2) else 0.1)
+
+    try:
+        entries: dict[str, str] = {}  # task id -> entry id
+        for _ in range(5):  # one batch lands in one millisecond all but very rarely
+            accepted = await app.enqueue_many([("slow", {"n": n}) for n in range(8)])
+            for a in accepted:
+                assert a.task_id is not None
+                record = await app.broker.admin.get(a.task_id)
+                assert record is not None
+                entries[a.task_id] = record["entry"]
+            if len(set(entries.values())) < len(entries):
+                break
+        assert len(set(entries.values())) < len(entries), "no entry id was shared by two shards"
+
+        await asyncio.wait_for(Worker(app, burst=True, concurrency=50).run(), 60)
+        assert sorted(runs) == sorted(entries)  # each ran once: no claim lapsed or was lost
+        for task_id in entries:
+            done = await app.get(task_id)
+            assert (done.status, done.attempts) == (TaskStatus.SUCCEEDED, 1)
+    finally:
+        await app.close()
+
+
+async def test_streams_outnumbering_the_slots_are_all_read_in_turn(settings: Settings) -> None:
+    # Three shard streams, two slots: readers of empty streams block holding a slot each, and
+    # must still let the third reader have one when its stream fills.
+    app = Spillway(settings.model_copy(update={"shards": 3, "block_ms": 100}))
+
+    @app.task
+    async def job(item: Item) -> int:
+        return item.n
+
+    worker = Worker(app, concurrency=2)
+    running = asyncio.create_task(worker.run())
+    try:
+        await asyncio.sleep(0.3)  # every reader has found its stream empty once
+        accepted = await app.enqueue_many([("job", {"n": n}) for n in range(60)])
+        ids = [a.task_id for a in accepted if a.task_id]
+        assert len({shard_of(i, 3) for i in ids}) == 3
+        results = await asyncio.wait_for(
+            asyncio.gather(*(app.result(i, timeout=30) for i in ids)), 30
+        )
+        assert sorted(results) == list(range(60))
+    finally:
+        worker.stop()
+        await running
+        await app.close()
+
+
+async def test_a_task_whose_worker_vanished_is_reclaimed_by_another(
+    app: Spillway, redis: aioredis.Redis
+) -> None:
+    @app.task
+    async def job(item: Item) -> int:
+        return item.n
+
+    task_id = await app.enqueue("job", {"n": 9})
+    # A consumer that reads the entry and then disappears without a word.
+    deliveries = await read_everything(app, "ghost")
+    await app.broker.work.begin(deliveries)
+    assert (await app.get(task_id)).status is TaskStatus.RUNNING
+
+    await drain(app)  # waits out the 1 s visibility timeout, then reclaims
+    record = await app.get(task_id)
+    assert record.status is TaskStatus.SUCCEEDED
+    assert record.attempts == 2
+    assert await pending(app, redis) == 0
