@@ -1,4 +1,5 @@
-"""Script batches to a single server: connections redis-py opens and hands over (`Pipes`)."""
+"""Script batches: the fast senders (`Pipes`, connections redis-py opens and hands over), the
+probe that decides whether they may run, and the stock senders on redis-py's pipelines."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from redis.exceptions import ConnectionError, TimeoutError
 from spillway import Settings, Spillway, TaskStatus
 from spillway.broker.connection import make_client
 from spillway.broker.keys import Keys
-from spillway.broker.wire import Pipes
+from spillway.broker.redispy_wire import PipeSender, Pipes
 from spillway.embedded import EmbeddedRedis
 
 
@@ -68,15 +69,16 @@ async def test_batches_reach_a_server_on_a_unix_socket(tmp_path: Path) -> None:
 async def test_a_connection_redis_closed_while_idle_is_replaced(
     app: Spillway, redis: aioredis.Redis
 ) -> None:
-    if app.broker._pipes is None:
-        pytest.skip("a cluster client sends batches through redis-py's node connections")
+    sender = app.broker._sender
+    if not isinstance(sender, PipeSender):
+        pytest.skip("only the fast single-server sender keeps connections of its own")
 
     @app.task
     async def job(item: Item) -> None:
         return None
 
     first = await app.enqueue("job", {"n": 1})
-    idle = list(app.broker._pipes._idle)
+    idle = list(sender.pipes._idle)
     assert idle
     for pipe in idle:  # Redis closes them (a restart or its idle timeout would, too)
         host, port = pipe.transport.get_extra_info("sockname")[:2]

@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import Any
 
 import orjson
 from redis.asyncio import Redis
@@ -22,9 +22,12 @@ from redis.exceptions import (
 )
 
 from spillway.broker.admin import Admin
+from spillway.broker.batch import Batch
 from spillway.broker.connection import AnyRedis, make_client, pubsub_client
 from spillway.broker.keys import GROUP, Keys, shard_of
+from spillway.broker.redispy_wire import refresh_slots
 from spillway.broker.scripts import Scripts
+from spillway.broker.senders import make_sender
 from spillway.broker.types import (
     AcceptReply,
     AcceptRequest,
@@ -39,7 +42,6 @@ from spillway.broker.types import (
     unavailable,
 )
 from spillway.broker.waiters import Waiters
-from spillway.broker.wire import Batch, Pipes, refresh_slots
 from spillway.errors import (
     BrokerUnavailable,
     ConfigurationError,
@@ -84,10 +86,8 @@ class Broker(Admin):
             max_connections=64,
         )
         self.cluster = isinstance(self.client, RedisCluster)
-        # Script batches to a single server go over connections of their own (see wire.py).
-        self._pipes = (
-            Pipes(self.client, settings.redis_timeout) if isinstance(self.client, Redis) else None
-        )
+        # Script batches: one round trip (one per node), see spillway.broker.senders.
+        self._sender = make_sender(self.client, settings.redis_timeout, fast=settings.fast_path)
         self._gate: asyncio.Semaphore | contextlib.nullcontext[None] = (
             asyncio.Semaphore(64) if self.cluster else contextlib.nullcontext()
         )
@@ -110,8 +110,7 @@ class Broker(Admin):
 
     async def close(self) -> None:
         await self.waiters.close()
-        if self._pipes is not None:
-            await self._pipes.close()
+        await self._sender.close()
         for client in (self.client, self.blocking):
             if isinstance(client, Redis):
                 # The pool was passed in explicitly, so the client would not close it by itself.
@@ -370,12 +369,11 @@ class Broker(Admin):
         build(batch)
         try:
             async with self._guard():
-                target = self._pipes or cast(RedisCluster, self.client)
-                replies = await batch.send(target)
+                replies = await self._sender.send(batch)
                 missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
                 if missing:  # a restarted or flushed Redis: those did nothing, so resend them
                     await self.scripts.load(self.client)
-                    resent = await batch.send(target, missing)
+                    resent = await self._sender.send(batch, missing)
                     for i, r in zip(missing, resent, strict=True):
                         replies[i] = r
         except BrokerUnavailable as exc:
