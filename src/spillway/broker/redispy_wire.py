@@ -137,15 +137,15 @@ def _probe(needs: tuple[Need, ...]) -> str | None:
 def pool_options() -> dict[str, Any]:
     """Version-dependent options for a single server's connection pool.
 
-    redis-py 8 skips its check for a connection Redis closed (a restart) when maintenance
-    notifications are on, and "auto" counts as on: the first command on each pooled
-    connection after a restart failed, a 503 for a live Redis. Older versions have neither
-    the notifications nor the option (passing it fails every connection).
+    redis-py's asyncio connections take maintenance notifications from 8.1 (7.x and 8.0 have
+    the module, but their connections refuse the option). When on, and "auto" counts as on,
+    they skip the check for a connection Redis closed (a restart): the first command on each
+    pooled connection after a restart failed, a 503 for a live Redis. So: off, where it exists.
     """
-    try:
-        from redis.maint_notifications import MaintNotificationsConfig
-    except ImportError:
+    if "maint_notifications_config" not in inspect.signature(AbstractConnection).parameters:
         return {}
+    from redis.maint_notifications import MaintNotificationsConfig
+
     return {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}
 
 
