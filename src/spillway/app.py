@@ -11,6 +11,7 @@ from typing import Any, TypeVar, overload
 
 import orjson
 
+from spillway import metrics
 from spillway.broker import AcceptReply, AcceptRequest, Broker, new_task_id, shard_of
 from spillway.errors import (
     BacklogFull,
@@ -59,6 +60,7 @@ class Spillway:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings if settings is not None else Settings()
+        metrics.use_fast_path(self.settings.fast_path)  # the process's metrics, as they are
         self.tasks: dict[str, TaskDef] = {}
         self._broker: Broker | None = None
         self._checked = False
