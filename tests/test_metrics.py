@@ -83,7 +83,11 @@ class Stack:
 
 
 @pytest.fixture
-def stack(redis_server: EmbeddedRedis, key_prefix: str) -> Iterator[Stack]:
+def stack(
+    redis_server: EmbeddedRedis, key_prefix: str, request: pytest.FixtureRequest
+) -> Iterator[Stack]:
+    # Parametrized indirectly with SPILLWAY_FAST_PATH's value; else as the environment says.
+    fast: bool | None = getattr(request, "param", None)
     settings = Settings(
         redis_url=redis_server.url,
         prefix=key_prefix,
@@ -94,6 +98,8 @@ def stack(redis_server: EmbeddedRedis, key_prefix: str) -> Iterator[Stack]:
         block_ms=100,
         shutdown_grace=2.0,
     )
+    if fast is not None:
+        settings = settings.model_copy(update={"fast_path": fast})
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SPILLWAY_", "PROMETHEUS_"))}
     env["PYTHONPATH"] = str(ROOT)
     env["SPILLWAY_DEFAULT_TASK_TYPE"] = "resize"
@@ -217,3 +223,30 @@ async def test_counts_add_up_across_api_processes(stack: Stack) -> None:
         figures = await stack.scrape(f"{stack.api}/metrics")
         assert value(figures, "spillway_tasks_accepted_total", type="echo") == 40
         assert value(figures, "spillway_accept_duration_seconds_count", route="/tasks") == 40
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stack", [False], indirect=True)
+async def test_without_the_fast_path_counts_add_up_through_the_public_multiprocess_mode(
+    stack: Stack,
+) -> None:
+    # prometheus-client's own route: each recording process finds the directory in its
+    # environment when it starts (uvicorn's spawned servers, the supervisor's workers).
+    stack.start_api()
+    stack.start_workers()
+    workers = f"http://127.0.0.1:{stack.worker_port}/metrics"
+    await stack.wait_until_up(f"{stack.api}/healthz")
+    await stack.wait_until_up(workers)
+    async with httpx.AsyncClient(base_url=stack.api, timeout=10) as client:
+        for _ in range(20):
+            response = await submit(client, {"type": "echo", "payload": {}})
+            assert response.status_code == 202
+    for _ in range(4):
+        figures = await stack.scrape(f"{stack.api}/metrics")
+        assert value(figures, "spillway_tasks_accepted_total", type="echo") == 20
+
+    async def all_run() -> bool:
+        figures = await stack.scrape(workers)
+        return value(figures, "spillway_tasks_succeeded_total", type="echo") == 20
+
+    await until(all_run, timeout=30, what="the workers to count 20 tasks")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar, overload
 
+from spillway import metrics
 from spillway.broker import AcceptRequest, Broker
 from spillway.broker.accept import AcceptWriter
 from spillway.errors import (
@@ -55,6 +56,7 @@ class Spillway:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings if settings is not None else Settings()
+        metrics.use_fast_path(self.settings.fast_path)  # the process's metrics, as they are
         self.tasks: dict[str, TaskDef] = {}
         self._broker: Broker | None = None
 

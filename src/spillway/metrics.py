@@ -41,12 +41,12 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     start_http_server,
-    values,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from spillway import prometheus_multiproc
 from spillway.records import Stats
 
 __all__ = [
@@ -63,9 +63,10 @@ __all__ = [
     "task_refused",
     "timed_run",
     "totals",
+    "use_fast_path",
 ]
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+MULTIPROC_ENV = prometheus_multiproc.MULTIPROC_ENV
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 # Accepting takes well under a millisecond: the buckets start at 100 us.
@@ -81,10 +82,10 @@ _OUTCOMES = {"succeeded": "succeeded", "retry": "retried", "dead": "dead_lettere
 class _Metrics:
     """The process's metric objects, with their label children cached for the hot paths."""
 
-    def __init__(self) -> None:
-        # Built on first use, not at import: the value class (in memory, or files in the
+    def __init__(self, fast: bool) -> None:
+        # Built on first use, not at import: the values (in memory, or files in the
         # multiprocess directory) must follow the environment of the process that records.
-        values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+        prometheus_multiproc.follow_environment(fast=fast)
         self.registry = r = CollectorRegistry(auto_describe=True)
         self.accepted = Counter(
             "spillway_tasks_accepted", "Tasks answered 202 by the API.", ["type"], registry=r
@@ -145,6 +146,14 @@ class _Metrics:
 
 
 _current: _Metrics | None = None
+_fast_path = True
+
+
+def use_fast_path(enabled: bool) -> None:
+    """SPILLWAY_FAST_PATH for this process's metrics, before their first use (see
+    `spillway.prometheus_multiproc`)."""
+    global _fast_path
+    _fast_path = enabled
 
 
 def _metrics() -> _Metrics:
@@ -152,7 +161,7 @@ def _metrics() -> _Metrics:
     # to the process, whichever application objects record them.
     global _current
     if _current is None:
-        _current = _Metrics()
+        _current = _Metrics(_fast_path)
     return _current
 
 

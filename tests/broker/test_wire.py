@@ -1,20 +1,29 @@
-"""Script batches to a single server: connections redis-py opens and hands over (`Pipes`)."""
+"""Script batches: the fast senders (`Pipes`, connections redis-py opens and hands over), the
+probe that decides whether they may run, and the stock senders on redis-py's pipelines."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 from pydantic import BaseModel
-from redis.exceptions import ConnectionError, TimeoutError
+from redis.exceptions import ConnectionError, NoScriptError, TimeoutError
 
-from spillway import Settings, Spillway, TaskStatus
+from spillway import Settings, Spillway, TaskStatus, Worker
+from spillway.broker import redispy_wire
+from spillway.broker.batch import Batch
 from spillway.broker.connection import make_client
 from spillway.broker.keys import Keys
-from spillway.broker.wire import Pipes
+from spillway.broker.redispy_wire import Need, Pipes, PipeSender, probe
+from spillway.broker.senders import StockClusterSender, StockSender, make_sender
 from spillway.embedded import EmbeddedRedis
 
 
@@ -68,15 +77,16 @@ async def test_batches_reach_a_server_on_a_unix_socket(tmp_path: Path) -> None:
 async def test_a_connection_redis_closed_while_idle_is_replaced(
     app: Spillway, redis: aioredis.Redis
 ) -> None:
-    if app.broker.core._pipes is None:
-        pytest.skip("a cluster client sends batches through redis-py's node connections")
+    sender = app.broker.core._sender
+    if not isinstance(sender, PipeSender):
+        pytest.skip("only the fast single-server sender keeps connections of its own")
 
     @app.task
     async def job(item: Item) -> None:
         return None
 
     first = await app.enqueue("job", {"n": 1})
-    idle = list(app.broker.core._pipes._idle)
+    idle = list(sender.pipes._idle)
     assert idle
     for pipe in idle:  # Redis closes them (a restart or its idle timeout would, too)
         host, port = pipe.transport.get_extra_info("sockname")[:2]
@@ -137,3 +147,148 @@ async def test_error_replies_come_back_in_place_and_the_connection_stays_in_step
         finally:
             await pipes.close()
             await client.aclose(close_connection_pool=True)
+
+
+# --- the probe and the stock senders ---------------------------------------------------------
+
+
+@pytest.fixture
+async def single(redis_server: EmbeddedRedis) -> AsyncIterator[aioredis.Redis]:
+    """A client of the session's single server, as the broker makes them."""
+    client = make_client(redis_server.url, socket_timeout=5, connect_timeout=5, max_connections=4)
+    assert isinstance(client, aioredis.Redis)
+    yield client
+    await client.aclose(close_connection_pool=True)
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_the_probe_passes_on_the_installed_redis_py(single: aioredis.Redis) -> None:
+    assert probe() is None
+    sender = make_sender(single, 1.0, fast=True)
+    try:
+        assert isinstance(sender, PipeSender)
+    finally:
+        await sender.close()
+
+
+@pytest.mark.parametrize(
+    ("need", "reason"),
+    [
+        (Need("redis.asyncio.connection", "AbstractConnection.gone"), "is missing"),
+        (Need("redis._parsers.gone", "BaseParser"), "is missing"),
+        (Need("redis.asyncio.connection", "AbstractConnection.disconnect", ("gone",)), "takes no"),
+    ],
+)
+async def test_a_redis_py_without_what_the_fast_path_uses_gets_its_pipelines_and_one_warning(
+    single: aioredis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    need: Need,
+    reason: str,
+) -> None:
+    monkeypatch.setattr(redispy_wire, "NEEDS", (*redispy_wire.NEEDS, need))
+    with caplog.at_level(logging.WARNING, logger="spillway.broker"):
+        sender = make_sender(single, 1.0, fast=True)
+    assert isinstance(sender, StockSender)
+    [warning] = warnings_of(caplog)
+    assert redis.__version__ in warning
+    assert need.attr in warning
+    assert reason in warning
+    batch = Batch()
+    batch.commands.append(["ECHO", "through the pipeline"])
+    assert await sender.send(batch) == ["through the pipeline"]
+
+
+async def test_a_take_over_that_finds_no_stream_sends_through_the_pipeline_from_then_on(
+    single: aioredis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    key_prefix: str,
+) -> None:
+    take_over = redispy_wire._take_over
+
+    def on_a_redis_py_without_writer(conn: Any) -> Any:
+        # As a redis-py whose connections keep their stream elsewhere; given back after, so
+        # redis-py closes it when the failed take-over drops the connection.
+        writer, conn._writer = conn._writer, None
+        try:
+            return take_over(conn)
+        finally:
+            conn._writer = writer
+
+    monkeypatch.setattr(redispy_wire, "_take_over", on_a_redis_py_without_writer)
+    sender = make_sender(single, 1.0, fast=True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="spillway.broker"):
+            for n in range(3):
+                batch = Batch()
+                batch.commands += [["INCR", f"{key_prefix}:n"], ["ECHO", n]]
+                assert await sender.send(batch) == [n + 1, str(n)]  # no request fails for it
+        [warning] = warnings_of(caplog)
+        assert "taking over a connection failed" in warning
+        assert redis.__version__ in warning
+    finally:
+        await sender.close()
+
+
+async def test_stock_batches_keep_the_contract(
+    single: aioredis.Redis, caplog: pytest.LogCaptureFixture, key_prefix: str
+) -> None:
+    sender = StockSender(single, timeout=5)
+    batch = Batch(wait_replicas=1, wait_ms=10)
+    # Commands redis-py has no reply callback for, like EVALSHA: their replies as they come.
+    batch.commands += [["APPEND", key_prefix, "v"], ["INCR", key_prefix], ["EVALSHA", "0" * 40, 0]]
+    batch.commands.append(["ECHO", "e"])
+    with caplog.at_level(logging.WARNING, logger="spillway.broker"):
+        replies = await sender.send(batch)
+    assert batch.sent
+    assert len(replies) == 4  # the WAIT's reply is checked and stripped
+    assert replies[0] == 1
+    assert "not an integer" in str(replies[1])
+    assert isinstance(replies[2], NoScriptError)
+    assert replies[3] == "e"
+    assert any("0 of 1 replicas" in w for w in warnings_of(caplog))  # the server has none
+    assert await sender.send(batch, [3]) == ["e"]
+
+
+async def test_a_refused_connection_sends_nothing_in_stock_mode() -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = make_client(
+        f"redis://127.0.0.1:{port}/0", socket_timeout=1, connect_timeout=1, max_connections=2
+    )
+    assert isinstance(client, aioredis.Redis)
+    try:
+        batch = Batch()
+        batch.commands.append(["PING"])
+        with pytest.raises(ConnectionError):
+            await StockSender(client, timeout=1).send(batch)
+        assert not batch.sent
+    finally:
+        await client.aclose(close_connection_pool=True)
+
+
+async def test_a_broker_in_stock_mode_writes_and_reads_tasks_end_to_end(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    app = Spillway(settings.model_copy(update={"fast_path": False}))
+
+    @app.task
+    async def double(item: Item) -> int:
+        return item.n * 2
+
+    try:
+        assert isinstance(app.broker.core._sender, StockSender | StockClusterSender)
+        ids = [await app.enqueue("double", {"n": n}) for n in range(5)]
+        results = await app.enqueue_many([("double", {"n": n}) for n in range(5, 50)])
+        ids += [r.task_id for r in results if r.task_id]
+        assert len(ids) == 50
+        await redis.script_flush()  # NOSCRIPT replies come back in place: reloaded, resent
+        await asyncio.wait_for(Worker(app, burst=True).run(), 30)
+        assert [await app.result(i, timeout=1) for i in ids] == [n * 2 for n in range(50)]
+    finally:
+        await app.close()

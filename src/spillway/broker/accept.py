@@ -16,10 +16,10 @@ from typing import Any
 
 import orjson
 
+from spillway.broker.batch import Batch
 from spillway.broker.core import RedisCore
 from spillway.broker.keys import new_task_id, shard_of
 from spillway.broker.types import AcceptRequest, ms
-from spillway.broker.wire import Batch
 from spillway.errors import (
     BacklogFull,
     BrokerUnavailable,

@@ -16,8 +16,8 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
-from redis.maint_notifications import MaintNotificationsConfig
 
+from spillway.broker.redispy_wire import pool_options
 from spillway.errors import ConfigurationError
 
 __all__ = ["AnyRedis", "is_cluster_url", "make_client", "pubsub_client"]
@@ -53,10 +53,7 @@ def make_client(
                 max_connections=max_connections,
                 timeout=connect_timeout,
                 health_check_interval=30,
-                # redis-py 8 skips its check for a connection Redis closed (a restart) when
-                # these notifications are on, and "auto" counts as on: the first command on
-                # each pooled connection after a restart failed, a 503 for a live Redis.
-                maint_notifications_config=MaintNotificationsConfig(enabled=False),
+                **pool_options(),  # what this redis-py version needs (see there)
                 **options,
             )
         )

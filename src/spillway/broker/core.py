@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -26,11 +26,13 @@ from redis.exceptions import (
     ResponseError,
 )
 
+from spillway.broker.batch import Batch
 from spillway.broker.connection import AnyRedis, make_client
 from spillway.broker.keys import GROUP, Keys
+from spillway.broker.redispy_wire import refresh_slots
 from spillway.broker.scripts import Scripts
+from spillway.broker.senders import make_sender
 from spillway.broker.types import ms, per_node, unavailable
-from spillway.broker.wire import Batch, Pipes, refresh_slots
 from spillway.errors import (
     BrokerUnavailable,
     ConfigurationError,
@@ -72,10 +74,8 @@ class RedisCore:
             max_connections=64,
         )
         self.cluster = isinstance(self.client, RedisCluster)
-        # Script batches to a single server go over connections of their own (see wire.py).
-        self._pipes = (
-            Pipes(self.client, settings.redis_timeout) if isinstance(self.client, Redis) else None
-        )
+        # Script batches: one round trip (one per node), see spillway.broker.senders.
+        self._sender = make_sender(self.client, settings.redis_timeout, fast=settings.fast_path)
         # On a cluster a burst of new connections to one node overflows its accept backlog.
         self._gate: asyncio.Semaphore | contextlib.nullcontext[None] = (
             asyncio.Semaphore(64) if self.cluster else contextlib.nullcontext()
@@ -104,8 +104,7 @@ class RedisCore:
                 self._checked = True
 
     async def close(self) -> None:
-        if self._pipes is not None:
-            await self._pipes.close()
+        await self._sender.close()
         for client in (self.client, self.blocking):
             if isinstance(client, Redis):
                 # The pool was passed in explicitly, so the client would not close it by itself.
@@ -189,7 +188,7 @@ class RedisCore:
         return replies
 
     async def _send(self, batch: Batch, only: list[int] | None = None) -> list[Any]:
-        return await batch.send(self._pipes or cast(RedisCluster, self.client), only)
+        return await self._sender.send(batch, only)
 
     # --- the server --------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
-from spillway.broker.wire import Batch
+from spillway.broker.batch import Batch
 
 __all__ = ["Scripts"]
 

@@ -16,10 +16,10 @@ import orjson
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
+from spillway.broker.batch import Batch
 from spillway.broker.core import RedisCore
 from spillway.broker.keys import GROUP
 from spillway.broker.types import Delivery, Outcome, Started, as_int, ms, stream_items
-from spillway.broker.wire import Batch
 from spillway.records import WorkerInfo
 from spillway.retry import RetryPolicy
 
