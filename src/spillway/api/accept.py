@@ -16,9 +16,8 @@ entrances only differ in how the body arrives:
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -26,28 +25,22 @@ from pydantic import ValidationError
 
 from spillway import metrics
 from spillway.api.auth import CALLER, Auth
+from spillway.api.body import Receive, Scope, check_headers, parse_json, read_body, too_large
 from spillway.api.problems import HTTPProblem, Rendered, describe, render
 from spillway.api.schemas import BatchItem, TaskSubmission
 from spillway.app import Spillway
 from spillway.broker import AcceptRequest
-from spillway.codec import JSONError, check_depth, check_duplicate_keys
 from spillway.errors import SpillwayError
 from spillway.records import EnqueueResult
 
-__all__ = ["Accept", "Answer", "ClientGone", "Receive", "Scope", "route_path"]
+__all__ = ["Accept", "Answer", "route_path"]
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 #: An accept route's answer: now (a refusal), or its future while the task is written.
 Answer = Rendered | asyncio.Future[Rendered]
 
 _JSON = b"application/json"
 _TASK_LOC = ("body", "payload")
 _PROCESS_LOC = ("body",)
-
-
-class ClientGone(Exception):
-    """The client disconnected before its request body arrived; nothing to answer."""
 
 
 class Accept:
@@ -102,7 +95,7 @@ class Accept:
             limit = self.limits[path]
             key, _ = _check_request(path, scope, limit)
             if len(body) > limit:
-                raise _too_large(limit)
+                raise too_large(limit)
             doc = parse_json(body, self.max_depth)
             if path == "/tasks/batch":
                 return asyncio.ensure_future(self._batch(scope, doc, started))
@@ -136,7 +129,11 @@ class Accept:
             sub = TaskSubmission.model_validate(doc, strict=True)
         except ValidationError as exc:
             raise _invalid(exc, ("body",)) from None
-        return accepts.prepare(
+        return self._prepare(sub, key)
+
+    def _prepare(self, sub: TaskSubmission, key: str | None) -> AcceptRequest:
+        """The task a submission (or a batch item) describes, validated."""
+        return self.app.broker.accepts.prepare(
             self.app.resolve(sub.type),
             sub.payload,
             idempotency_key=key,
@@ -185,14 +182,7 @@ class Accept:
         except ValidationError as exc:
             raise _invalid(exc, ("body", "tasks", i)) from None
         key = f"{caller}:{sub.idempotency_key}" if sub.idempotency_key is not None else None
-        return self.app.broker.accepts.prepare(
-            self.app.resolve(sub.type),
-            sub.payload,
-            idempotency_key=key,
-            delay=sub.delay_s,
-            max_retries=sub.max_retries,
-            timeout=sub.timeout_s,
-        )
+        return self._prepare(sub, key)
 
 
 def _finish(path: str, started: float, rendered: Rendered) -> Rendered:
@@ -220,123 +210,7 @@ def _check_request(path: str, scope: Scope, limit: int) -> tuple[str | None, int
     """The scoped idempotency key (batches carry theirs per task) and the declared body size,
     checked from the headers alone."""
     key = None if path == "/tasks/batch" else _request_key(scope, scope.get(CALLER, ""))
-    return key, _check_headers(scope, limit)
-
-
-def _check_headers(scope: Scope, limit: int) -> int | None:
-    """Refuse a wrong media type or a declared size over the limit before reading anything."""
-    content_type = content_length = None
-    for name, value in scope["headers"]:
-        if name == b"content-type":
-            content_type = value
-        elif name == b"content-length":
-            content_length = value
-    media = (content_type or b"").split(b";", 1)[0].strip().lower()
-    if media != _JSON and not media.endswith(b"+json"):
-        shown = media.decode("latin-1") or "none"
-        raise HTTPProblem(415, "unsupported-media-type", f"send application/json, not {shown}")
-    if content_length is None:
-        return None
-    if not content_length.isdigit():
-        raise HTTPProblem(400, "bad-request", "Content-Length is not a number")
-    size = int(content_length)
-    if size > limit:
-        raise HTTPProblem(
-            413, "payload-too-large", f"the body is {size} bytes; the limit is {limit}", limit=limit
-        )
-    return size
-
-
-# Bodies that arrive in more than one message are read a few at a time: each may be buffered
-# up to the limit before it is refused (docs/benchmarks.md#large-body-reads).
-_LARGE_READS = 4
-# A body no larger than this that arrived in one message is completed without the semaphore.
-_SMALL_BODY = 64 * 1024
-_large_reads: asyncio.Semaphore | None = None
-
-
-async def read_body(receive: Receive, limit: int, expected: int | None, timeout: float) -> bytes:
-    """The request body, refused with 413 as soon as more than `limit` bytes have arrived.
-
-    A body that needs the large-read path must arrive within `timeout` seconds of taking its
-    permit, or it is refused with 408: without the bound, four clients that stop sending
-    mid-body would hold every permit of the process for as long as they keep their
-    connections open, and every large request after them would wait with them.
-    """
-    global _large_reads
-    message = await receive()
-    if message["type"] != "http.request":
-        raise ClientGone
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body", False) and len(body) <= limit:
-        return body  # the whole body in one message
-    if len(body) <= _SMALL_BODY:
-        # A body whose second part is its last: the common case of a body that arrived in
-        # two reads, read without the semaphore (and without a timer: a small body
-        # still on its way holds no permit and no more than its first part).
-        message = await receive()
-        if message["type"] != "http.request":
-            raise ClientGone
-        more: bytes = message.get("body", b"")
-        if not message.get("more_body", False) and len(body) + len(more) <= limit:
-            return body + more if more else body
-        body += more
-    if _large_reads is None:
-        _large_reads = asyncio.Semaphore(_LARGE_READS)
-    async with _large_reads:
-        buffer = bytearray(body)
-        del body
-        try:
-            async with asyncio.timeout(timeout):
-                while len(buffer) <= limit and message.get("more_body", False):
-                    message = await receive()
-                    if message["type"] != "http.request":
-                        raise ClientGone
-                    buffer += message.get("body", b"")
-        except TimeoutError:
-            del buffer
-            raise HTTPProblem(
-                408, "request-timeout", f"the request body did not arrive within {timeout:g} s"
-            ) from None
-        if len(buffer) > limit:
-            del buffer  # before the 413 is sent and the rest of the body drained
-            raise _too_large(limit)
-        return bytes(buffer)
-
-
-def _too_large(limit: int) -> HTTPProblem:
-    detail = f"the body is larger than the limit of {limit} bytes"
-    return HTTPProblem(413, "payload-too-large", detail, limit=limit)
-
-
-def parse_json(body: bytes, max_depth: int) -> Any:
-    """Strict JSON: 400 if malformed, 422 if well-formed but unstorable (NaN, lone surrogate,
-    nesting deeper than `max_depth`)."""
-    if not body:
-        raise HTTPProblem(400, "invalid-json", "the request body is empty")
-    try:
-        check_depth(body, max_depth)
-    except JSONError as exc:
-        raise HTTPProblem(422, "unsupported-json", str(exc)) from None
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        error = exc
-    else:
-        try:
-            check_duplicate_keys(body, doc)
-        except JSONError as exc:
-            raise HTTPProblem(422, "unsupported-json", str(exc)) from None
-        return doc
-    # Only on the error path: Python's parser accepts NaN, Infinity and lone surrogates, so
-    # what it parses is JSON we refuse to store, not malformed JSON.
-    try:
-        json.loads(body)
-    except ValueError:
-        raise HTTPProblem(400, "invalid-json", f"malformed JSON: {error}") from None
-    raise HTTPProblem(
-        422, "unsupported-json", "JSON with NaN, Infinity or a lone surrogate cannot be stored"
-    )
+    return key, check_headers(scope, limit)
 
 
 def _request_key(scope: Scope, caller: str) -> str | None:

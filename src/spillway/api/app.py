@@ -12,8 +12,9 @@ from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
 from spillway import __version__
-from spillway.api.accept import Accept, ClientGone, route_path
+from spillway.api.accept import Accept, route_path
 from spillway.api.auth import Auth
+from spillway.api.body import ClientGone
 from spillway.api.openapi import openapi_builder
 from spillway.api.problems import HTTPProblem, Rendered, render
 from spillway.api.routes import add_accept_routes, add_routes
