@@ -126,7 +126,7 @@ class StockClusterSender:
         nodes: dict[str, ClusterNode] = {}
         if batch.wait:
             for i in indices:
-                node = self.cluster.get_node_from_key(_first_key(batch.commands[i]))
+                node = self.cluster.get_node_from_key(batch.first_key(i))
                 if node is not None:
                     nodes.setdefault(node.name, node)
             for node in nodes.values():
@@ -145,7 +145,3 @@ class StockClusterSender:
 
     async def close(self) -> None:
         """Nothing of its own: the connections are the cluster client's."""
-
-
-def _first_key(command: list[Any]) -> str:
-    return str(command[3] if command[0] == "EVALSHA" else command[1])
