@@ -233,9 +233,9 @@ async def test_without_the_fast_path_counts_add_up_through_the_public_multiproce
     # prometheus-client's own route: each recording process finds the directory in its
     # environment when it starts (uvicorn's spawned servers, the supervisor's workers).
     stack.start_api()
+    await stack.wait_until_up(f"{stack.api}/healthz")
     stack.start_workers()
     workers = f"http://127.0.0.1:{stack.worker_port}/metrics"
-    await stack.wait_until_up(f"{stack.api}/healthz")
     await stack.wait_until_up(workers)
     async with httpx.AsyncClient(base_url=stack.api, timeout=10) as client:
         for _ in range(20):

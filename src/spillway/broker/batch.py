@@ -37,6 +37,11 @@ class Batch:
         """The indices of the commands to send: `only`, or all of them."""
         return list(range(len(self.commands))) if only is None else only
 
+    def first_key(self, i: int) -> str:
+        """The first key of command `i` (on a cluster, its slot says where it goes)."""
+        command = self.commands[i]
+        return str(command[3] if command[0] == "EVALSHA" else command[1])
+
     def strip_wait(self, replies: list[Any]) -> list[Any]:
         """The replies without the trailing WAIT's, which is checked: too few replicas is
         logged (the commands did run on the primary)."""

@@ -388,10 +388,6 @@ class PipeSender:
 # --- a cluster -----------------------------------------------------------------------------------
 
 
-def _first_key(command: list[Any]) -> str:
-    return str(command[3] if command[0] == "EVALSHA" else command[1])
-
-
 async def _exchange(
     conn: AbstractConnection, commands: list[list[Any]], wait: list[Any] | None
 ) -> list[Any]:
@@ -434,7 +430,7 @@ class ClusterSender:
         for attempt in range(_REDIRECTS + 1):
             by_node: dict[str, tuple[ClusterNode, list[int]]] = {}
             for i in todo:
-                slot = cluster.keyslot(_first_key(batch.commands[i]))
+                slot = cluster.keyslot(batch.first_key(i))
                 node = cluster.nodes_manager.get_node_from_slot(slot)
                 by_node.setdefault(node.name, (node, []))[1].append(i)
             try:

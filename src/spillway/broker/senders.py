@@ -19,7 +19,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ClusterError, ResponseError, TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeout
 
 from spillway.broker import redispy_wire
@@ -59,11 +59,19 @@ def make_sender(client: AnyRedis, timeout: float, *, fast: bool) -> Sender:
     return ClusterSender(client)
 
 
-def _raise_lost(replies: list[Any]) -> None:
-    """Raise the first reply that is a lost connection or a timeout, not an error reply."""
+def _settled(replies: list[Any]) -> list[Any]:
+    """The cluster pipeline's replies as the contract has them: a lost connection or a timeout
+    in place of a reply is raised (the outcome is unknown); redirects redis-py gave up
+    following (a `ClusterError`, a slot migrating) become the `TryAgainError` they were, as
+    the command never ran."""
+    out: list[Any] = []
     for reply in replies:
-        if isinstance(reply, RedisError | OSError) and not isinstance(reply, ResponseError):
+        if isinstance(reply, ClusterError):
+            reply = TryAgainError(f"redirects not settled: {reply}")
+        elif isinstance(reply, BaseException) and not isinstance(reply, ResponseError):
             raise reply
+        out.append(reply)
+    return out
 
 
 class StockSender:
@@ -118,7 +126,7 @@ class StockClusterSender:
         nodes: dict[str, ClusterNode] = {}
         if batch.wait:
             for i in indices:
-                node = self.cluster.get_node_from_key(_first_key(batch.commands[i]))
+                node = self.cluster.get_node_from_key(batch.first_key(i))
                 if node is not None:
                     nodes.setdefault(node.name, node)
             for node in nodes.values():
@@ -129,7 +137,7 @@ class StockClusterSender:
                 replies = list(await pipe.execute(raise_on_error=False))
         except TimeoutError as exc:
             raise RedisTimeout(f"Redis did not answer a batch within {self.timeout:g} s") from exc
-        _raise_lost(replies)
+        replies = _settled(replies)
         commands, waits = replies[: len(indices)], replies[len(indices) :]
         for acked in waits:  # each node's WAIT is checked (and logged if short)
             batch.strip_wait([acked])
@@ -137,7 +145,3 @@ class StockClusterSender:
 
     async def close(self) -> None:
         """Nothing of its own: the connections are the cluster client's."""
-
-
-def _first_key(command: list[Any]) -> str:
-    return str(command[3] if command[0] == "EVALSHA" else command[1])
