@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import gc
 import logging
 import os
@@ -24,7 +23,6 @@ import secrets
 import signal
 import socket
 import time
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -32,17 +30,14 @@ from typing import Any
 from spillway import metrics
 from spillway.app import Spillway
 from spillway.broker import Delivery, Outcome, Started
-from spillway.codec import JSONError, dumps
-from spillway.errors import BrokerUnavailable, PayloadInvalid, SpillwayError
+from spillway.errors import BrokerUnavailable, SpillwayError
+from spillway.execution import execute
 from spillway.records import WorkerInfo
-from spillway.retry import backoff_delay
-from spillway.tasks import TaskContext
 
 __all__ = ["Worker"]
 
 log = logging.getLogger("spillway.worker")
 
-_TRACEBACK_LIMIT = 4096
 _PROMOTE_INTERVAL = 0.1
 
 
@@ -274,73 +269,8 @@ class Worker:
         self._inflight.pop(d, None)
         self._slot_freed.set()
 
-    # --- running -----------------------------------------------------------------------------
-
     async def _run(self, s: Started) -> None:
-        d = s.delivery
-        task = self.app.tasks.get(s.type)
-        if task is None:
-            self._outcomes.put_nowait(
-                Outcome(
-                    d,
-                    s.type,
-                    "dead",
-                    f"UnknownTaskType: no handler for {s.type!r}",
-                    attempts=s.attempts,
-                )
-            )
-            return
-        try:
-            payload = task.validate_json(s.payload)
-        except PayloadInvalid as exc:
-            self._outcomes.put_nowait(
-                Outcome(d, s.type, "dead", f"PayloadInvalid: {exc}", attempts=s.attempts)
-            )
-            return
-        policy = s.policy
-        ctx = TaskContext(d.task_id, s.type, d.queue, s.attempts, policy.max_retries)
-        started = time.monotonic()
-        try:
-            async with asyncio.timeout(policy.timeout):
-                if task.is_async:
-                    result = await task.call(payload, ctx)
-                else:
-                    loop = asyncio.get_running_loop()
-                    call = functools.partial(task.call, payload, ctx)
-                    result = await loop.run_in_executor(self._executor, call)
-            value = dumps(result)
-        except TimeoutError as exc:
-            if time.monotonic() - started >= policy.timeout:
-                limit = policy.timeout
-                error = f"TimeoutError: the task ran longer than its timeout of {limit:g} s"
-            else:
-                error = _describe(exc)
-            self._outcomes.put_nowait(self._failure(s, task.retry_jitter, error, exc))
-        except JSONError as exc:
-            self._outcomes.put_nowait(
-                self._failure(s, task.retry_jitter, f"ResultInvalid: {exc}", exc)
-            )
-        except Exception as exc:
-            self._outcomes.put_nowait(self._failure(s, task.retry_jitter, _describe(exc), exc))
-        else:
-            self._outcomes.put_nowait(Outcome(d, s.type, "succeeded", value, attempts=s.attempts))
-
-    def _failure(self, s: Started, jitter: bool, error: str, exc: BaseException) -> Outcome:
-        d = s.delivery
-        summary = "".join(traceback.format_exception(exc, limit=-8))[-_TRACEBACK_LIMIT:]
-        policy = s.policy
-        if s.attempts <= policy.max_retries:
-            delay = backoff_delay(s.attempts, policy.base, policy.cap, jitter=jitter)
-            log.warning(
-                "task %s (%s) attempt %d failed, retrying in %.2fs: %s",
-                d.task_id, s.type, s.attempts, delay, error, extra=_task_fields(s),
-            )  # fmt: skip
-            return Outcome(d, s.type, "retry", error, summary, int(delay * 1000), s.attempts)
-        log.error(
-            "task %s (%s) dead after %d attempts: %s", d.task_id, s.type, s.attempts, error,
-            extra=_task_fields(s),
-        )  # fmt: skip
-        return Outcome(d, s.type, "dead", error, summary, 0, s.attempts)
+        self._outcomes.put_nowait(await execute(self.app.tasks.get(s.type), s, self._executor))
 
     # --- finishing ---------------------------------------------------------------------------
 
@@ -456,16 +386,6 @@ class Worker:
                 last_seen=None,
             )
         )
-
-
-def _task_fields(s: Started) -> dict[str, Any]:
-    # Structured fields of a task's log line (never its payload).
-    return {"task_id": s.delivery.task_id, "task_type": s.type, "attempt": s.attempts}
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def run_worker(app: Spillway, **kwargs: Any) -> None:
