@@ -14,10 +14,11 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
 UV := $(BIN)/uv
 
-.PHONY: help install lock dev test test-cluster lint fmt bench chaos soak clean chromium wrk screenshot
+.PHONY: help install lock dev test test-cluster test-lowest test-newest test-stock lint fmt bench chaos soak \
+	clean chromium wrk screenshot
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 # Re-runs only when the project or the lock changes; a no-op otherwise.
 $(STAMP): pyproject.toml uv.lock
@@ -52,6 +53,36 @@ test: $(STAMP) chromium  ## run the test suite (all but chaos tests)
 test-cluster: $(STAMP) chromium  ## run the suite against a local Redis Cluster (3 primaries, 3 shards)
 	SPILLWAY_TEST_CLUSTER=1 SPILLWAY_TEST_SHARDS=3 $(BIN)/pytest -q -m "not chaos" $(PYTEST_ARGS)
 
+# The API and engine tests: the suite without the chaos tests and the browser test (it needs
+# chromium and Playwright, which are not what the jobs below vary).
+CORE_TESTS := -q -m "not chaos" -p no:cacheprovider --ignore=tests/test_dashboard.py
+
+# $(call matrix,NAME,RESOLUTION,DEV): in its own .venv-NAME, our runtime dependencies resolved
+# afresh from pyproject.toml (never the lock) with uv's RESOLUTION, the test tools from DEV (a
+# requirements file, or `--group pyproject.toml:dev`), then the API and engine tests.
+define matrix
+	@test -x .venv-$(1)/bin/python || $(UV) venv --quiet --allow-existing --python $(PYTHON) .venv-$(1)
+	$(UV) pip compile --quiet --no-header --python .venv-$(1)/bin/python --resolution $(2) \
+		pyproject.toml $(3) -o .venv-$(1)/requirements.txt
+	$(UV) pip sync --quiet --python .venv-$(1)/bin/python .venv-$(1)/requirements.txt
+	$(UV) pip install --quiet --python .venv-$(1)/bin/python --no-deps -e .
+	@grep -iE '^($(RUNTIME_DEPS))==' .venv-$(1)/requirements.txt | tr '\n' ' '; echo
+	.venv-$(1)/bin/pytest $(CORE_TESTS) $(PYTEST_ARGS)
+endef
+# Our direct runtime dependencies, for the line that names the versions each job tested.
+RUNTIME_DEPS := redis|hiredis|pydantic|pydantic-settings|orjson|click|rich|uvloop|fastapi|uvicorn|httptools|httpx|prometheus-client
+
+test-lowest: $(STAMP)  ## API+engine tests on the lowest versions pyproject.toml allows
+	@mkdir -p .venv-lowest
+	$(PYTHON) .ci/dev-pins.py uv.lock > .venv-lowest/dev-pins.txt
+	$(call matrix,lowest,lowest-direct,.venv-lowest/dev-pins.txt)
+
+test-newest: $(STAMP)  ## API+engine tests on the newest versions on PyPI, ignoring the lock
+	$(call matrix,newest,highest,--group pyproject.toml:dev)
+
+test-stock: $(STAMP)  ## API+engine tests on the libraries' public APIs (SPILLWAY_FAST_PATH=0)
+	SPILLWAY_FAST_PATH=0 $(BIN)/pytest $(CORE_TESTS) $(PYTEST_ARGS)
+
 chaos: $(STAMP)  ## run the fault-injection tests
 	$(BIN)/pytest -q -m chaos $(PYTEST_ARGS)
 
@@ -85,5 +116,5 @@ bench: $(STAMP) wrk  ## run the benchmarks
 	$(BIN)/python -m bench.run
 
 clean:  ## remove the venv, caches and build output
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis dist build
+	rm -rf $(VENV) .venv-lowest .venv-newest .pytest_cache .mypy_cache .ruff_cache .hypothesis dist build
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
