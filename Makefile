@@ -57,25 +57,29 @@ test-cluster: $(STAMP) chromium  ## run the suite against a local Redis Cluster 
 # chromium and Playwright, which are not what the jobs below vary).
 CORE_TESTS := -q -m "not chaos" -p no:cacheprovider --ignore=tests/test_dashboard.py
 
-# $(call matrix,NAME,RESOLUTION,DEV): in its own .venv-NAME, our runtime dependencies resolved
-# afresh from pyproject.toml (never the lock) with uv's RESOLUTION, the test tools from DEV (a
-# requirements file, or `--group pyproject.toml:dev`), then the API and engine tests.
+# $(call matrix,NAME,RESOLUTION,DEV[,PREP]): a fresh .venv-NAME on $(PYTHON); PREP (a command,
+# run once the venv is there); our runtime dependencies resolved from pyproject.toml (never the
+# lock) with uv's RESOLUTION, the test tools from DEV (a requirements file, or
+# `--group pyproject.toml:dev`); the versions it got; then the API and engine tests.
 define matrix
-	@test -x .venv-$(1)/bin/python || $(UV) venv --quiet --allow-existing --python $(PYTHON) .venv-$(1)
+	$(UV) venv --quiet --clear --python $(PYTHON) .venv-$(1)
+	$(or $(4),@:)
 	$(UV) pip compile --quiet --no-header --python .venv-$(1)/bin/python --resolution $(2) \
 		pyproject.toml $(3) -o .venv-$(1)/requirements.txt
 	$(UV) pip sync --quiet --python .venv-$(1)/bin/python .venv-$(1)/requirements.txt
 	$(UV) pip install --quiet --python .venv-$(1)/bin/python --no-deps -e .
-	@grep -iE '^($(RUNTIME_DEPS))==' .venv-$(1)/requirements.txt | tr '\n' ' '; echo
+	@{ .venv-$(1)/bin/python --version; grep -iE '^($(RUNTIME_DEPS))==' .venv-$(1)/requirements.txt; } \
+		| tr '\n' ' '; echo
 	.venv-$(1)/bin/pytest $(CORE_TESTS) $(PYTEST_ARGS)
 endef
 # Our direct runtime dependencies, for the line that names the versions each job tested.
 RUNTIME_DEPS := redis|hiredis|pydantic|pydantic-settings|orjson|click|rich|uvloop|fastapi|uvicorn|httptools|httpx|prometheus-client
 
+# The test tools are not what test-lowest varies: pinned to the lock's versions (their own
+# dependencies are not: our lowest versions must do for them too).
+LOCKED_DEV_TOOLS := $(PYTHON) .ci/dev-pins.py uv.lock > .venv-lowest/dev-pins.txt
 test-lowest: $(STAMP)  ## API+engine tests on the lowest versions pyproject.toml allows
-	@mkdir -p .venv-lowest
-	$(PYTHON) .ci/dev-pins.py uv.lock > .venv-lowest/dev-pins.txt
-	$(call matrix,lowest,lowest-direct,.venv-lowest/dev-pins.txt)
+	$(call matrix,lowest,lowest-direct,.venv-lowest/dev-pins.txt,$(LOCKED_DEV_TOOLS))
 
 test-newest: $(STAMP)  ## API+engine tests on the newest versions on PyPI, ignoring the lock
 	$(call matrix,newest,highest,--group pyproject.toml:dev)
