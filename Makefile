@@ -14,7 +14,8 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
 UV := $(BIN)/uv
 
-.PHONY: help install lock dev test test-fast test-cluster lint fmt bench chaos soak clean chromium wrk screenshot
+.PHONY: help install lock dev test test-fast test-cluster test-lowest test-newest test-stock lint fmt \
+	bench chaos soak clean chromium wrk screenshot
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -60,6 +61,40 @@ test-fast: $(STAMP)  ## the edit-test loop: the suite without browser or subproc
 test-cluster: $(STAMP) chromium  ## run the suite against a local Redis Cluster (3 primaries, 3 shards)
 	SPILLWAY_TEST_CLUSTER=1 SPILLWAY_TEST_SHARDS=3 $(BIN)/pytest -q -m "not chaos" $(PYTEST_ARGS)
 
+# The API and engine tests: the suite without the chaos tests and the browser test (it needs
+# chromium and Playwright, which are not what the jobs below vary).
+CORE_TESTS := -q -m "not chaos" -p no:cacheprovider --ignore=tests/test_dashboard.py
+
+# $(call matrix,NAME,RESOLUTION,DEV[,PREP]): a fresh .venv-NAME on $(PYTHON); PREP (a command,
+# run once the venv is there); our runtime dependencies resolved from pyproject.toml (never the
+# lock) with uv's RESOLUTION, the test tools from DEV (a requirements file, or
+# `--group pyproject.toml:dev`); the versions it got; then the API and engine tests.
+define matrix
+	$(UV) venv --quiet --clear --python $(PYTHON) .venv-$(1)
+	$(or $(4),@:)
+	$(UV) pip compile --quiet --no-header --python .venv-$(1)/bin/python --resolution $(2) \
+		pyproject.toml $(3) -o .venv-$(1)/requirements.txt
+	$(UV) pip sync --quiet --python .venv-$(1)/bin/python .venv-$(1)/requirements.txt
+	$(UV) pip install --quiet --python .venv-$(1)/bin/python --no-deps -e .
+	@{ .venv-$(1)/bin/python --version; grep -iE '^($(RUNTIME_DEPS))==' .venv-$(1)/requirements.txt; } \
+		| tr '\n' ' '; echo
+	.venv-$(1)/bin/pytest $(CORE_TESTS) $(PYTEST_ARGS)
+endef
+# Our direct runtime dependencies, for the line that names the versions each job tested.
+RUNTIME_DEPS := redis|hiredis|pydantic|pydantic-settings|orjson|click|rich|uvloop|fastapi|uvicorn|httptools|httpx|prometheus-client
+
+# The test tools are not what test-lowest varies: pinned to the lock's versions (their own
+# dependencies are not: our lowest versions must do for them too).
+LOCKED_DEV_TOOLS := $(PYTHON) .ci/dev-pins.py uv.lock > .venv-lowest/dev-pins.txt
+test-lowest: $(STAMP)  ## API+engine tests on the lowest versions pyproject.toml allows
+	$(call matrix,lowest,lowest-direct,.venv-lowest/dev-pins.txt,$(LOCKED_DEV_TOOLS))
+
+test-newest: $(STAMP)  ## API+engine tests on the newest versions on PyPI, ignoring the lock
+	$(call matrix,newest,highest,--group pyproject.toml:dev)
+
+test-stock: $(STAMP)  ## API+engine tests on the libraries' public APIs (SPILLWAY_FAST_PATH=0)
+	SPILLWAY_FAST_PATH=0 $(BIN)/pytest $(CORE_TESTS) $(PYTEST_ARGS)
+
 chaos: $(STAMP)  ## run the fault-injection tests
 	$(BIN)/pytest -q -m chaos $(PYTEST_ARGS)
 
@@ -93,5 +128,5 @@ bench: $(STAMP) wrk  ## run the benchmarks
 	$(BIN)/python -m bench.run
 
 clean:  ## remove the venv, caches and build output
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis dist build
+	rm -rf $(VENV) .venv-lowest .venv-newest .pytest_cache .mypy_cache .ruff_cache .hypothesis dist build
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
