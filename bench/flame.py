@@ -44,9 +44,9 @@ OTHER = "other Python: our code outside the parts above, asyncio, library glue"
 # Where the samples of each path go: the first part with a marker in any frame of a sample's
 # stack ("leaf:" markers: in its innermost frame only, for wrappers such as metrics.timed_run).
 ACCEPT_PARTS = {
-    "validate + serialise (pydantic, orjson)": ("Spillway.prepare", "model_validate"),
-    "write to Redis (coalesced pipeline, redis-py, hiredis)": ("Broker._flush_accepts",),
-    "read the body, parse JSON": ("Accept._read_json", "parse_json"),
+    "validate + serialise (pydantic, orjson)": ("AcceptWriter.prepare", "model_validate"),
+    "write to Redis (coalesced pipeline, redis-py, hiredis)": ("AcceptWriter._flush",),
+    "read the body, parse JSON": ("read_body", "parse_json"),
     "answer (the protocol writes it; ASGI send for the others)": (
         "write_answer",
         "send_rendered",
@@ -58,9 +58,9 @@ ACCEPT_PARTS = {
 WORKER_PARTS = {
     "run the handlers (validate the payload, call)": ("TaskDef.call", "TaskDef.validate"),
     "metrics (prometheus_client)": ("leaf:spillway/metrics.py", "leaf:prometheus_client"),
-    "begin (claim script)": ("Broker.begin",),
-    "finish (store the outcome, ack)": ("Broker.finish",),
-    "read deliveries (XREADGROUP)": ("Broker.read",),
+    "begin (claim script)": ("WorkerOps.begin",),
+    "finish (store the outcome, ack)": ("WorkerOps.finish",),
+    "read deliveries (XREADGROUP)": ("WorkerOps.read",),
     "asyncio: creating tasks, per-task timeouts": ("create_task", "Timeout.", "_set_task_name"),
 }
 
