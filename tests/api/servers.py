@@ -35,7 +35,7 @@ _PR_SET_PDEATHSIG = 1
 
 _SERVE = (
     "import sys; from spillway.api import serve; serve(sys.argv[1], host='127.0.0.1', "
-    "port=int(sys.argv[2]), workers=1)"
+    "port=int(sys.argv[2]), workers=int(sys.argv[3]))"
 )
 
 
@@ -63,6 +63,7 @@ class ApiServer:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    workers: int = 1
 
     @property
     def url(self) -> str:
@@ -91,7 +92,7 @@ class ApiServer:
         self.log_path = log_dir / f"api-{self.port}.log"
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(  # noqa: S603 - our own interpreter, no shell
-                [sys.executable, "-c", _SERVE, self.app_ref, str(self.port)],
+                [sys.executable, "-c", _SERVE, self.app_ref, str(self.port), str(self.workers)],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from tests.api.servers import ApiServer, drain
 
 from spillway.api.serve import STARTUP_FAILURE
@@ -79,9 +80,10 @@ async def test_full_backlog_is_429_with_retry_after_and_trims_nothing(
         await app.close()
 
 
-def test_start_up_fails_when_redis_may_evict_keys(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_start_up_fails_when_redis_may_evict_keys(tmp_path: Path, workers: int) -> None:
     with EmbeddedRedis(extra_args=["--maxmemory-policy", "allkeys-lru"]) as evicting:
-        server = ApiServer(evicting.url).start(tmp_path, wait=False)
+        server = ApiServer(evicting.url, workers=workers).start(tmp_path, wait=False)
         try:
             assert server.process is not None
             code = server.process.wait(30)

@@ -6,6 +6,7 @@ factory here, which imports the application named in ``SPILLWAY_API_APP``.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import inspect
 import logging
@@ -19,7 +20,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from spillway.api import uvicorn_fast
-from spillway.errors import ConfigurationError
+from spillway.app import Spillway
+from spillway.errors import BrokerUnavailable, ConfigurationError
 from spillway.loading import load_app
 from spillway.settings import Settings
 
@@ -62,9 +64,17 @@ def serve(app_ref: str, *, host: str = "127.0.0.1", port: int = 8000, workers: i
     """Serve the API of ``module:attribute`` until SIGTERM or SIGINT, then return.
 
     The application is imported once here first, so a wrong reference fails at once with a
-    clear message instead of inside every worker.
+    clear message instead of inside every worker, and the Redis server is checked once: one
+    that may evict keys (or is too old, or holds another shard count) ends the process with
+    `STARTUP_FAILURE` before it listens, whatever the uvicorn version or process count.
     """
-    settings = load_app(app_ref).settings
+    app = load_app(app_ref)
+    try:
+        asyncio.run(_check_redis(app))
+    except ConfigurationError as exc:
+        log.error("Not serving: %s", exc)
+        sys.exit(STARTUP_FAILURE)
+    settings = app.settings
     os.environ[APP_ENV] = app_ref
     server(
         "spillway.api.serve:build",
@@ -74,6 +84,16 @@ def serve(app_ref: str, *, host: str = "127.0.0.1", port: int = 8000, workers: i
         factory=True,
         settings=settings,
     ).serve()
+
+
+async def _check_redis(app: Spillway) -> None:
+    """Refuse a Redis Spillway must not run on; one that is down is each process's to wait for."""
+    try:
+        await app.connect()
+    except BrokerUnavailable:
+        pass  # each process serves 503s until Redis answers (its lifespan says so)
+    finally:
+        await app.close()
 
 
 class Server:
