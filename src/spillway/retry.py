@@ -25,11 +25,12 @@ class RetryPolicy:
     __slots__ = ("base", "cap", "max_retries", "text", "timeout")
 
     def __init__(self, max_retries: int, timeout: float, base: float, cap: float) -> None:
-        self.max_retries = max_retries
-        self.timeout = timeout
-        self.base = base
-        self.cap = cap
-        self.text = f"{max_retries}|{timeout}|{base}|{cap}"
+        # As numbers of one type, so equal policies have one text (30 and 30.0 alike).
+        self.max_retries = int(max_retries)
+        self.timeout = float(timeout)
+        self.base = float(base)
+        self.cap = float(cap)
+        self.text = f"{self.max_retries}|{self.timeout}|{self.base}|{self.cap}"
 
     def replace(self, *, max_retries: int | None, timeout: float | None) -> RetryPolicy:
         """This policy, or a copy with a task's own attempt limit or run timeout."""
