@@ -18,6 +18,7 @@ from tests.chaos import harness
 from tests.embedded_cluster import EmbeddedCluster
 
 from spillway import Settings, Spillway
+from spillway.api.uvicorn_fast import probe
 from spillway.broker.connection import make_client
 from spillway.embedded import EmbeddedRedis
 from spillway.supervisor import Supervisor
@@ -162,6 +163,17 @@ def _reaches(roots: list[object], targets: tuple[object, ...]) -> bool:
                 codes += [c for c in code.co_consts if inspect.iscode(c)]
             todo += [obj.__globals__[n] for n in names if n in obj.__globals__]
     return False
+
+
+def stock_reason() -> str | None:
+    """Why the servers of this run use uvicorn's stock protocol, or None if they use the
+    fenced one (`spillway.api.uvicorn_fast`), as `spillway.api.serve.server` decides."""
+    return probe() if Settings().fast_path else "SPILLWAY_FAST_PATH is off"
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("fast_protocol") is not None and (why := stock_reason()):
+        pytest.skip(f"needs the fast protocol; the stock protocol serves ({why})")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

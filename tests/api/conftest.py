@@ -8,20 +8,8 @@ import httpx
 import pytest
 from tests.api.servers import ApiServer, serving
 
-from spillway import Settings, Spillway
-from spillway.api.uvicorn_fast import probe
+from spillway import Spillway
 from spillway.embedded import EmbeddedRedis
-
-
-def stock_reason() -> str | None:
-    """Why the servers of this run use uvicorn's stock protocol, or None if they use the
-    fenced one (`spillway.api.uvicorn_fast`), as `spillway.api.serve.server` decides."""
-    return probe() if Settings().fast_path else "SPILLWAY_FAST_PATH is off"
-
-
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    if item.get_closest_marker("fast_protocol") is not None and (why := stock_reason()):
-        pytest.skip(f"needs the fast protocol; the stock protocol serves ({why})")
 
 
 @pytest.fixture(scope="session")
