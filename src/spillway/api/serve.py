@@ -135,7 +135,8 @@ class _Run:
 
     uvicorn >= 0.50 exits so itself when the application's lifespan fails; older ones only
     return, and the process would end with 0 as if it had served and been stopped. (Their
-    supervisor of several processes restarts such a process; from 0.50 it stops instead.)
+    supervisor of several processes restarts such a process, which is why `serve` checks
+    Redis once before any process starts.)
     """
 
     def __init__(self, config: uvicorn.Config) -> None:
