@@ -292,3 +292,34 @@ async def test_a_broker_in_stock_mode_writes_and_reads_tasks_end_to_end(
         assert [await app.result(i, timeout=1) for i in ids] == [n * 2 for n in range(50)]
     finally:
         await app.close()
+
+
+def test_connections_are_taken_over_on_uvloop_as_the_api_and_workers_run(
+    redis_server: EmbeddedRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """uvloop's transports are not `asyncio.Transport` subclasses: the take-over must still
+    hold there, or every batch of the API and the workers silently leaves the fast path."""
+    uvloop = pytest.importorskip("uvloop")  # installed wherever Spillway runs its fast path
+
+    async def batches() -> tuple[list[Any], bool]:
+        client = make_client(
+            redis_server.url, socket_timeout=5, connect_timeout=5, max_connections=4
+        )
+        sender = make_sender(client, 5.0, fast=True)
+        try:
+            batch = Batch()
+            batch.commands.append(["ECHO", "over a taken-over connection"])
+            replies = await sender.send(batch)
+            assert isinstance(sender, PipeSender)
+            return replies, sender._fast
+        finally:
+            await sender.close()
+            assert isinstance(client, aioredis.Redis)
+            await client.aclose(close_connection_pool=True)
+
+    with caplog.at_level(logging.WARNING, logger="spillway.broker"):
+        replies, still_fast = uvloop.run(batches())
+
+    assert replies == ["over a taken-over connection"]
+    assert still_fast, warnings_of(caplog)
+    assert not warnings_of(caplog)

@@ -34,7 +34,7 @@ import inspect
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import hiredis
 import redis
@@ -246,6 +246,10 @@ class _Pipe(asyncio.Protocol):
             future.set_exception(exc)
 
 
+#: What a taken-over connection's transport must do.
+_TRANSPORT = ("set_protocol", "write", "close", "is_closing")
+
+
 def _take_over(conn: AbstractConnection) -> _Pipe:
     """The connected `conn`'s stream, as a `_Pipe`; `TakeoverFailed` if it is not shaped as
     expected (checked before anything is changed)."""
@@ -254,7 +258,10 @@ def _take_over(conn: AbstractConnection) -> _Pipe:
     writer = getattr(conn, "_writer", None)
     stream_reader = getattr(conn, "_reader", None)
     transport = getattr(writer, "transport", None)
-    if not isinstance(transport, asyncio.Transport) or stream_reader is None:
+    # Duck-typed: uvloop's transports are not asyncio.Transport subclasses.
+    if stream_reader is None or not all(
+        callable(getattr(transport, name, None)) for name in _TRANSPORT
+    ):
         raise TakeoverFailed("the connection has no stream reader and writer to take over")
     encoder = getattr(conn, "encoder", None)
     options: dict[str, Any] = {"replyError": BaseParser.parse_error}  # e.g. NoScriptError
@@ -265,8 +272,9 @@ def _take_over(conn: AbstractConnection) -> _Pipe:
         where = str(conn._host_error())
     except (AttributeError, TypeError) as exc:
         raise TakeoverFailed(f"the connection is not shaped as expected: {exc}") from exc
-    pipe = _Pipe(reader, where, transport, (stream_reader, writer))
-    transport.set_protocol(pipe)
+    taken = cast(asyncio.Transport, transport)
+    pipe = _Pipe(reader, where, taken, (stream_reader, writer))
+    taken.set_protocol(pipe)
     # The connection object lets go of the stream (collecting it would close it too).
     conn._reader = conn._writer = None
     return pipe
