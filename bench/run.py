@@ -30,6 +30,7 @@ BENCHMARKS = {
     "cost": "bench.cost",  # Redis bytes per task, CPU seconds per 10,000 tasks; ~1 min
     "flame": "bench.flame",  # py-spy flame graphs of the accept path and the worker loop
     "scaling": "bench.scaling",  # 1, 2, 3 shards on a local Redis Cluster; ~1 min
+    "ab": "bench.ab",  # the commit before the refactor against this tree (issue 16); ~12 min
 }
 
 

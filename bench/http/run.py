@@ -88,6 +88,7 @@ class Server:
     env: dict[str, str]
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    cwd: Path | None = None  # where it runs (bench.ab runs another checkout's servers)
 
     @property
     def url(self) -> str:
@@ -98,6 +99,7 @@ class Server:
         self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
             [arg.replace("{port}", str(self.port)) for arg in self.command],
             env={**os.environ, "PYTHONPATH": str(ROOT), **self.env},
+            cwd=self.cwd,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
