@@ -58,8 +58,6 @@ class RetryPolicy:
         numbers = (policy.timeout, policy.base, policy.cap)
         if policy.max_retries < 0 or not all(0 <= n <= _MAX_SECONDS for n in numbers):
             raise ValueError(f"not a retry policy: {text[:80]!r}")
-        if policy.timeout == 0:
-            raise ValueError("a retry policy's timeout must be positive")
         return policy
 
     def __eq__(self, other: object) -> bool:
