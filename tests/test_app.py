@@ -9,7 +9,7 @@ from typing import cast
 
 import pytest
 import redis.asyncio as aioredis
-from tests.engine import Item, drain, stream_lengths
+from tests.engine import Item, drain, own_server, stream_lengths
 
 from spillway import (
     BacklogFull,
@@ -26,6 +26,7 @@ from spillway import (
     UnknownTaskType,
     Worker,
 )
+from spillway.broker.keys import new_task_id
 
 
 async def test_enqueued_task_runs_and_its_result_is_stored(app: Spillway) -> None:
@@ -340,3 +341,58 @@ async def test_replay_finds_a_dead_letter_whose_record_has_expired(
     assert await app.replay(task_id) is True
     await drain(app)
     assert await app.result(task_id, timeout=1) == 1
+
+
+async def commands(redis: aioredis.Redis) -> dict[str, int]:
+    """Calls of each command the server ran so far (INFO's own left out)."""
+    info = await redis.info("commandstats")
+    return {k: int(v["calls"]) for k, v in info.items() if k != "cmdstat_info"}
+
+
+async def test_replaying_an_unknown_id_costs_a_few_commands_however_many_dead_letters(
+    settings: Settings,
+) -> None:
+    async with own_server(settings) as (server, app):
+
+        @app.task(max_retries=0)
+        async def work(item: Item) -> None:
+            pass
+
+        await app.connect()
+        redis = aioredis.Redis.from_url(server.url)
+        dead = app.broker.keys.shard(0).dead("default")
+        costs = []
+        try:
+            for letters in (10, 5_000):
+                async with redis.pipeline(transaction=False) as pipe:
+                    for _ in range(letters - await redis.xlen(dead)):
+                        pipe.xadd(dead, {"id": new_task_id(), "type": "t", "queue": "default",
+                                         "payload": "{}", "policy": "0|1.0|1.0|1.0"})  # fmt: skip
+                    await pipe.execute()
+                before = await commands(redis)
+                assert await app.replay(new_task_id()) is False
+                assert await app.replay("not-a-task-id") is False
+                after = await commands(redis)
+                costs.append({k: n - before.get(k, 0) for k, n in after.items()
+                              if n != before.get(k, 0)})  # fmt: skip
+        finally:
+            await redis.aclose()
+
+    assert costs[0] == costs[1]  # the same commands with 10 dead letters as with 5,000
+    assert sum(costs[1].values()) <= 4 * app.settings.shards
+    assert not [k for k in costs[1] if "range" in k or "scan" in k]  # no dead letter is read
+
+
+async def test_a_malformed_id_is_refused_without_asking_redis(settings: Settings) -> None:
+    async with own_server(settings) as (server, app):
+        await app.connect()
+        redis = aioredis.Redis.from_url(server.url)
+        try:
+            before = await commands(redis)
+            for task_id in ("", "x" * 32, "A" * 32, "0" * 31, "../" + "0" * 29):
+                assert await app.replay(task_id) is False
+            after = await commands(redis)
+        finally:
+            await redis.aclose()
+
+    assert after == before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -14,6 +15,7 @@ from spillway.broker.accept import AcceptWriter
 from spillway.errors import (
     BrokerUnavailable,
     OutcomeUnknown,
+    RecordUnreadable,
     ResultTimeout,
     SpillwayError,
     TaskFailed,
@@ -21,12 +23,14 @@ from spillway.errors import (
     TaskNotFound,
     UnknownTaskType,
 )
-from spillway.records import DeadTask, EnqueueResult, Stats, TaskRecord, TaskStatus
+from spillway.records import DeadTask, EnqueueResult, Stats, TaskRecord, TaskStatus, Unreadable
 from spillway.retry import RetryPolicy
 from spillway.settings import Settings
 from spillway.tasks import Handler, TaskDef
 
 __all__ = ["EnqueueItem", "Spillway"]
+
+log = logging.getLogger("spillway.app")
 
 F = TypeVar("F", bound=Handler)
 # Tasks per round trip in enqueue_many: chunks are pipelined, Redis writing one while the next
@@ -229,11 +233,21 @@ class Spillway:
     # --- reading -----------------------------------------------------------------------------
 
     async def get(self, task_id: str) -> TaskRecord:
-        """The task's status record; `TaskNotFound` for an unknown (or expired) id."""
+        """The task's status record; `TaskNotFound` for an unknown (or expired) id.
+
+        `RecordUnreadable` if what Redis holds under its key is not a record Spillway wrote.
+        """
         raw = await self.broker.admin.get(task_id) if _valid_id(task_id) else None
         if raw is None:
             raise TaskNotFound(task_id)
-        return TaskRecord.from_hash(raw)
+        try:
+            record = TaskRecord.from_hash(raw)
+            if record.id != task_id:
+                raise Unreadable("id", "names another task")
+        except Unreadable as exc:
+            log.warning("task %s: its record cannot be read: %s", task_id, exc)
+            raise RecordUnreadable(task_id, str(exc)) from None
+        return record
 
     async def wait(self, task_id: str, timeout: float) -> TaskRecord:
         """The record once the task is terminal; `ResultTimeout` after `timeout` seconds.
@@ -274,16 +288,19 @@ class Spillway:
 
     async def replay(self, task_id: str) -> bool:
         """Run a dead-lettered task again under its id. False if it is not in the dead letters."""
-        raw = await self.broker.admin.get(task_id) if _valid_id(task_id) else None
-        if raw is not None and raw.get("dead_letter"):
-            return await self.broker.admin.dlq_replay_entry(
-                task_id, raw["queue"], raw["dead_letter"]
-            )
-        # Its record has expired (dead letters outlive records): look through the dead letters.
-        for dead in await self.dead_letters(limit=100_000):
-            if dead.id == task_id:
-                return await self.broker.admin.dlq_replay(dead)
-        return False
+        if not _valid_id(task_id):
+            return False
+        admin = self.broker.admin
+        try:
+            raw = await admin.get(task_id)
+        except RecordUnreadable:
+            raw = None  # its dead letter, if any, is still found through the index
+        pointer = raw.get("dead_letter") if raw else None
+        if raw and pointer and await admin.dlq_replay_entry(task_id, raw.get("queue", ""), pointer):
+            return True
+        # Its record has expired (dead letters outlive records): the dead-letter index of each
+        # queue knows the entry, so no dead letters are read (the cost is not the DLQ's size).
+        return await admin.dlq_replay_id(task_id, await self._all_queues())
 
     async def replay_all(self, queue: str | None = None, limit: int = 100_000) -> int:
         """Replay every dead letter (of one queue); returns how many were queued again."""
@@ -306,7 +323,10 @@ class Spillway:
         )
 
     async def _all_queues(self) -> list[str]:
-        return sorted(set(await self.broker.admin.known_queues()) | set(self.queues))
+        known = set(await self.broker.admin.known_queues())
+        for name in sorted(q for q in known if not _valid_name(q)):
+            log.warning("skipping queue %r of the queue set: not a queue name", name[:80])
+        return sorted({q for q in known if _valid_name(q)} | set(self.queues))
 
 
 def _valid_id(task_id: str) -> bool:

@@ -28,6 +28,7 @@ from spillway.errors import (
     IdempotencyConflict,
     OutcomeUnknown,
     PayloadInvalid,
+    RecordUnreadable,
     ResultTimeout,
     SpillwayError,
     TaskFailed,
@@ -80,6 +81,8 @@ def error_from_problem(
             return BrokerUnavailable(detail, retry_after=wait)
         case "task-not-found":
             return TaskNotFound(task_id)
+        case "record-unreadable":
+            return RecordUnreadable(task_id, str(problem.get("reason", detail)))
         case "task-not-cancellable":
             return TaskNotCancellable(task_id, str(problem.get("task_status", "")))
         case "configuration-error":

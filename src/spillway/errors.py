@@ -10,6 +10,7 @@
     ├── BacklogFull                 the queue holds as many tasks as it may; retry later
     ├── BrokerUnavailable           Redis is unreachable, refusing or too slow
     ├── TaskNotFound                no task has that id (or its record has expired)
+    ├── RecordUnreadable            the task's record in Redis is malformed (not written by us)
     ├── TaskNotCancellable          the task is running or already terminal
     ├── ResultTimeout               the task did not reach a terminal state in time
     └── TaskFailed                  the awaited task ended dead or cancelled
@@ -29,6 +30,7 @@ __all__ = [
     "EvictionPolicyError",
     "IdempotencyConflict",
     "PayloadInvalid",
+    "RecordUnreadable",
     "ResultTimeout",
     "SpillwayError",
     "TaskFailed",
@@ -132,6 +134,18 @@ class TaskNotFound(SpillwayError):
     def __init__(self, task_id: str) -> None:
         super().__init__(f"no task with id {task_id!r}")
         self.task_id = task_id
+
+
+class RecordUnreadable(SpillwayError):
+    """The task's record in Redis has a missing or malformed field: Spillway did not write it.
+
+    `reason` names the field and what is wrong with it, never its value.
+    """
+
+    def __init__(self, task_id: str, reason: str) -> None:
+        super().__init__(f"the record of task {task_id!r} cannot be read: {reason}")
+        self.task_id = task_id
+        self.reason = reason
 
 
 class TaskNotCancellable(SpillwayError):

@@ -20,6 +20,7 @@ __all__ = [
     "Stats",
     "TaskRecord",
     "TaskStatus",
+    "Unreadable",
     "WorkerInfo",
     "from_ms",
 ]
@@ -44,14 +45,50 @@ TERMINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.DEAD, TaskStatus.CANCELLE
 
 
 def from_ms(value: str | bytes | None) -> datetime | None:
-    """An aware UTC datetime from a Redis-side millisecond timestamp."""
+    """An aware UTC datetime from a Redis-side millisecond timestamp.
+
+    `ValueError` if it is not a whole number of milliseconds in datetime's range.
+    """
     if value is None or value in (b"", ""):
         return None
-    return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
+    try:
+        return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
+    except (OverflowError, OSError) as exc:
+        raise ValueError(f"timestamp out of range: {exc}") from exc
 
 
 def _json(value: str | None) -> Any:
-    return None if value is None else orjson.loads(value)
+    # Empty: a field the scripts copied from a record that lacked it (no JSON text is empty).
+    return orjson.loads(value) if value else None
+
+
+class Unreadable(ValueError):
+    """A stored record or entry whose field `name` is missing or malformed (never its value)."""
+
+    def __init__(self, name: str, what: str) -> None:
+        super().__init__(f"field {name!r} {what}")
+        self.name = name
+
+
+class _Fields:
+    """Reads a Redis hash or stream entry field by field, naming the field that is wrong."""
+
+    def __init__(self, raw: dict[str, str]) -> None:
+        self.raw = raw
+
+    def text(self, name: str, default: str | None = None) -> str:
+        value = self.raw.get(name, default)
+        if value is None:
+            raise Unreadable(name, "is missing")
+        return value
+
+    def parse(self, name: str, read: Any, default: str | None = None) -> Any:
+        value = self.raw.get(name, default)
+        try:
+            return read(value)
+        except (ValueError, TypeError) as exc:
+            what = "is missing" if value is None else f"is malformed ({type(exc).__name__})"
+            raise Unreadable(name, what) from None
 
 
 class TaskRecord(BaseModel):
@@ -80,22 +117,26 @@ class TaskRecord(BaseModel):
 
     @classmethod
     def from_hash(cls, h: dict[str, str]) -> TaskRecord:
-        """Build a record from the task's Redis hash (decoded strings)."""
+        """Build a record from the task's Redis hash (decoded strings).
+
+        `Unreadable` names the first field that is missing or malformed.
+        """
+        f = _Fields(h)
         return cls(
-            id=h["id"],
-            type=h["type"],
-            queue=h["queue"],
-            status=TaskStatus(h["status"]),
-            attempts=int(h.get("attempts", 0)),
-            max_retries=RetryPolicy.decode(h["policy"]).max_retries,
-            payload=_json(h.get("payload")),
-            result=_json(h.get("result")),
+            id=f.text("id"),
+            type=f.text("type"),
+            queue=f.text("queue"),
+            status=f.parse("status", TaskStatus),
+            attempts=f.parse("attempts", _count, "0"),
+            max_retries=f.parse("policy", RetryPolicy.decode).max_retries,
+            payload=f.parse("payload", _json),
+            result=f.parse("result", _json),
             error=h.get("error") or None,
             traceback=h.get("traceback") or None,
-            created_at=from_ms(h.get("created_at")),
-            started_at=from_ms(h.get("started_at")),
-            finished_at=from_ms(h.get("finished_at")),
-            due_at=from_ms(h.get("due_at")),
+            created_at=f.parse("created_at", from_ms),
+            started_at=f.parse("started_at", from_ms),
+            finished_at=f.parse("finished_at", from_ms),
+            due_at=f.parse("due_at", from_ms),
         )
 
 
@@ -116,19 +157,31 @@ class DeadTask(BaseModel):
     failed_at: datetime | None
 
     @classmethod
-    def from_entry(cls, entry_id: str, f: dict[str, str]) -> DeadTask:
+    def from_entry(cls, entry_id: str, raw: dict[str, str]) -> DeadTask:
+        """Build one from a dead-letter entry; `Unreadable` names the first malformed field.
+
+        Fields a malformed-entry letter leaves out (created_at, the policy) are optional.
+        """
+        f = _Fields(raw)
         return cls(
-            id=f.get("id", ""),
+            id=raw.get("id", ""),
             dead_letter_id=entry_id,
-            type=f.get("type", ""),
-            queue=f.get("queue", ""),
-            payload=_json(f.get("payload")),
-            error=f.get("error", ""),
-            traceback=f.get("traceback", ""),
-            attempts=int(f.get("attempts", 0)),
-            created_at=from_ms(f.get("created_at")),
-            failed_at=from_ms(f.get("failed_at")),
+            type=raw.get("type", ""),
+            queue=raw.get("queue", ""),
+            payload=f.parse("payload", _json),
+            error=raw.get("error", ""),
+            traceback=raw.get("traceback", ""),
+            attempts=f.parse("attempts", _count, "0"),
+            created_at=f.parse("created_at", from_ms),
+            failed_at=f.parse("failed_at", from_ms),
         )
+
+
+def _count(value: str) -> int:
+    n = int(value)
+    if n < 0:
+        raise ValueError("negative")
+    return n
 
 
 class WorkerInfo(BaseModel):
@@ -145,6 +198,22 @@ class WorkerInfo(BaseModel):
     processed: int
     started_at: datetime | None
     last_seen: datetime | None
+
+    @classmethod
+    def from_hash(cls, h: dict[str, str]) -> WorkerInfo:
+        """Build one from a heartbeat hash; `Unreadable` names the first malformed field."""
+        f = _Fields(h)
+        return cls(
+            name=f.text("name"),
+            host=f.text("host"),
+            pid=f.parse("pid", _count),
+            queues=[q for q in f.text("queues").split(",") if q],
+            concurrency=f.parse("concurrency", _count),
+            in_flight=f.parse("in_flight", _count),
+            processed=f.parse("processed", _count),
+            started_at=f.parse("started_at", from_ms),
+            last_seen=f.parse("last_seen", from_ms),
+        )
 
 
 class QueueStats(BaseModel):

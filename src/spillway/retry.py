@@ -13,6 +13,9 @@ import random
 __all__ = ["RetryPolicy", "backoff_delay"]
 
 _rng = random.SystemRandom()
+# The longest timeout or backoff a stored policy may hold (about 31 years): past it, due times
+# leave datetime's range. NaN fails the comparison too.
+_MAX_SECONDS = 1e9
 
 
 class RetryPolicy:
@@ -45,9 +48,17 @@ class RetryPolicy:
 
     @classmethod
     def decode(cls, text: str) -> RetryPolicy:
-        """The policy of a record field (`ValueError` if it is not one `text` wrote)."""
+        """The policy of a record field (`ValueError` if it is not one `text` could write).
+
+        Records live in Redis, where anyone may have written them: a policy whose numbers are
+        negative, not finite or past `_MAX_SECONDS` is refused here.
+        """
         max_retries, timeout, base, cap = text.split("|")
-        return cls(int(max_retries), float(timeout), float(base), float(cap))
+        policy = cls(int(max_retries), float(timeout), float(base), float(cap))
+        numbers = (policy.timeout, policy.base, policy.cap)
+        if policy.max_retries < 0 or not all(0 <= n <= _MAX_SECONDS for n in numbers):
+            raise ValueError(f"not a retry policy: {text[:80]!r}")
+        return policy
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, RetryPolicy) and self.text == other.text
@@ -65,5 +76,6 @@ def backoff_delay(attempt: int, base: float, cap: float, *, jitter: bool = True)
     The ceiling doubles with each attempt up to `cap`; full jitter picks uniformly below it, so
     retries of tasks that failed together (a dependency outage) spread out instead of bunching.
     """
-    ceiling = min(cap, base * 2.0 ** max(0, attempt - 1))
+    # The exponent is bounded: 2.0 ** 1024 overflows, and a long retry budget may get there.
+    ceiling = min(cap, base * 2.0 ** min(max(0, attempt - 1), 64))
     return _rng.uniform(0, ceiling) if jitter else ceiling

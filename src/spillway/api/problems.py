@@ -25,6 +25,7 @@ from spillway.errors import (
     IdempotencyConflict,
     OutcomeUnknown,
     PayloadInvalid,
+    RecordUnreadable,
     ResultTimeout,
     SpillwayError,
     TaskFailed,
@@ -82,6 +83,8 @@ _CORE: list[tuple[type[SpillwayError], str, int, str]] = [
     (OutcomeUnknown, "outcome-unknown", 503, "Queue unavailable, outcome unknown"),
     (BrokerUnavailable, "broker-unavailable", 503, "Queue unavailable"),
     (TaskNotFound, "task-not-found", 404, "Task not found"),
+    # 409, not 500: the server works; this one task's stored state does not fit the resource.
+    (RecordUnreadable, "record-unreadable", 409, "Task record unreadable"),
     (TaskNotCancellable, "task-not-cancellable", 409, "Task not cancellable"),
     (ResultTimeout, "result-timeout", 504, "Result timeout"),
     (TaskFailed, "task-failed", 409, "Task failed"),
@@ -211,10 +214,12 @@ def _core(exc: SpillwayError, body_loc: tuple[str | int, ...]) -> Problem:
             )
         else:
             detail = "the task queue is unreachable or too slow; nothing was enqueued"
-    elif isinstance(exc, TaskNotFound | TaskNotCancellable):
+    elif isinstance(exc, TaskNotFound | TaskNotCancellable | RecordUnreadable):
         extra = {"task_id": exc.task_id}
         if isinstance(exc, TaskNotCancellable):
             extra["task_status"] = exc.status
+        elif isinstance(exc, RecordUnreadable):
+            extra["reason"] = exc.reason
     elif isinstance(exc, ConfigurationError):
         log.error("configuration error: %s", exc)
         detail = "the server is misconfigured; see its log"

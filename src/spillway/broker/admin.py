@@ -6,18 +6,24 @@ letters; and the figures of `spillway stats`, ``/metrics`` and the dashboard.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
+
+from redis.exceptions import ResponseError
 
 from spillway.broker.connection import pubsub_client
 from spillway.broker.core import RedisCore
 from spillway.broker.keys import GROUP
 from spillway.broker.types import as_int, ms
 from spillway.broker.waiters import Waiters
-from spillway.records import DeadTask, QueueStats, WorkerInfo, from_ms
+from spillway.errors import RecordUnreadable
+from spillway.records import DeadTask, QueueStats, Unreadable, WorkerInfo
 
 __all__ = ["Admin"]
+
+log = logging.getLogger("spillway.broker")
 
 
 class Admin:
@@ -35,7 +41,10 @@ class Admin:
     async def get(self, task_id: str) -> dict[str, str] | None:
         """The raw task record, or None if no task has this id (or it expired)."""
         key = self.core.keys.for_task(task_id).task(task_id)
-        record: dict[str, str] = await self.core.run(lambda: self.core.client.hgetall(key))
+        try:
+            record: dict[str, str] = await self.core.run(lambda: self.core.client.hgetall(key))
+        except ResponseError as exc:
+            raise _unreadable(task_id, key, exc) from None
         return record or None
 
     async def terminal_status(self, task_id: str) -> str | None:
@@ -51,9 +60,12 @@ class Admin:
     async def cancel(self, task_id: str) -> tuple[str, str | None]:
         """Cancel a waiting task: ('cancelled', None), ('missing', None) or ('refused', status)."""
         shard = self.core.keys.for_task(task_id)
-        queue: str | None = await self.core.run(
-            lambda: self.core.client.hget(shard.task(task_id), "queue")
-        )
+        try:
+            queue: str | None = await self.core.run(
+                lambda: self.core.client.hget(shard.task(task_id), "queue")
+            )
+        except ResponseError as exc:
+            raise _unreadable(task_id, shard.task(task_id), exc) from None
         if queue is None:
             return "missing", None
         keys = [shard.task(task_id), shard.stream(queue), shard.due(queue)]
@@ -70,22 +82,18 @@ class Admin:
             async with self.core.client.pipeline(transaction=False) as pipe:
                 for n in names:
                     pipe.hgetall(self.core.keys.worker(str(n)))
-                hashes = await pipe.execute()
-            return [
-                WorkerInfo(
-                    name=h["name"],
-                    host=h["host"],
-                    pid=int(h["pid"]),
-                    queues=[q for q in h["queues"].split(",") if q],
-                    concurrency=int(h["concurrency"]),
-                    in_flight=int(h["in_flight"]),
-                    processed=int(h["processed"]),
-                    started_at=from_ms(h["started_at"]),
-                    last_seen=from_ms(h["last_seen"]),
-                )
-                for h in hashes
-                if h
-            ]
+                hashes = await pipe.execute(raise_on_error=False)
+            out = []
+            for n, h in zip(names, hashes, strict=True):
+                if not h:
+                    continue  # expired since its heartbeat
+                try:
+                    if not isinstance(h, dict):
+                        raise Unreadable("", "is not a hash")
+                    out.append(WorkerInfo.from_hash(h))
+                except Unreadable as exc:
+                    log.warning("skipping heartbeat %s: %s", self.core.keys.worker(str(n)), exc)
+            return out
 
         result: list[WorkerInfo] = await self.core.run(run)
         return result
@@ -106,13 +114,18 @@ class Admin:
             async with self.core.client.pipeline(transaction=False) as pipe:
                 for s, q in pairs:
                     pipe.xrevrange(s.dead(q), count=limit)
-                return list(await pipe.execute())
+                return list(await pipe.execute(raise_on_error=False))
 
-        found = [
-            DeadTask.from_entry(eid, f)
-            for entries in await self.core.run(run)
-            for eid, f in entries
-        ]
+        found = []
+        for (s, q), entries in zip(pairs, await self.core.run(run), strict=True):
+            if isinstance(entries, Exception):
+                log.warning("skipping dead letters %s: %s", s.dead(q), _wrongtype(entries))
+                continue
+            for eid, f in entries:
+                try:
+                    found.append(DeadTask.from_entry(eid, f or {}))
+                except Unreadable as exc:
+                    log.warning("skipping dead letter %s of %s: %s", eid, s.dead(q), exc)
         found.sort(key=lambda d: d.dead_letter_id, reverse=True)
         return found[:limit]
 
@@ -123,9 +136,32 @@ class Admin:
     async def dlq_replay_entry(self, task_id: str, queue: str, dead_letter_id: str) -> bool:
         """`dlq_replay` from the dead-letter entry's id (as the task's record keeps it)."""
         shard = self.core.keys.for_task(task_id)
-        keys = [shard.dead(queue), shard.task(task_id), shard.stream(queue)]
-        reply = await self.core.script("replay", keys, [dead_letter_id])
+        keys = [
+            shard.dead(queue),
+            shard.task(task_id),
+            shard.stream(queue),
+            shard.dead_index(queue),
+        ]
+        reply = await self.core.script("replay", keys, [dead_letter_id, task_id, queue])
         return reply is not None
+
+    async def dlq_replay_id(self, task_id: str, queues: Sequence[str]) -> bool:
+        """`dlq_replay` by task id alone (its record has expired), through the dead-letter index.
+
+        One HGET per queue of the task's shard, whatever the dead letters hold.
+        """
+        shard = self.core.keys.for_task(task_id)
+
+        async def run() -> list[Any]:
+            async with self.core.client.pipeline(transaction=False) as pipe:
+                for q in queues:
+                    pipe.hget(shard.dead_index(q), task_id)
+                return list(await pipe.execute(raise_on_error=False))
+
+        for queue, entry in zip(queues, await self.core.run(run), strict=True):
+            if isinstance(entry, str) and entry:
+                return await self.dlq_replay_entry(task_id, queue, entry)
+        return False
 
     async def dlq_purge(self, queues: Sequence[str]) -> int:
         """Delete every dead letter of these queues; returns how many were deleted."""
@@ -135,7 +171,7 @@ class Admin:
             async with self.core.client.pipeline(transaction=True) as pipe:
                 for s, q in pairs:
                     pipe.xlen(s.dead(q))
-                    pipe.delete(s.dead(q))
+                    pipe.delete(s.dead(q), s.dead_index(q))
                 replies = await pipe.execute()
             return sum(int(n) for n in replies[0::2])
 
@@ -176,12 +212,34 @@ class Admin:
             async with self.core.client.pipeline(transaction=False) as pipe:
                 for shard in self.core.keys.all_shards():
                     pipe.hgetall(shard.counters)
-                return list(await pipe.execute())
+                return list(await pipe.execute(raise_on_error=False))
 
         out: dict[str, dict[str, int]] = {}
-        for raw in await self.core.run(run):
+        shards = self.core.keys.all_shards()
+        for shard, raw in zip(shards, await self.core.run(run), strict=True):
+            if isinstance(raw, Exception):
+                log.warning("skipping counters %s: %s", shard.counters, _wrongtype(raw))
+                continue
             for field, n in raw.items():
                 task_type, _, kind = field.rpartition("|")
+                try:
+                    count = int(n)
+                except ValueError:
+                    log.warning("skipping counter %r of %s: not a number", field, shard.counters)
+                    continue
                 per_type = out.setdefault(task_type, {})
-                per_type[kind] = per_type.get(kind, 0) + int(n)
+                per_type[kind] = per_type.get(kind, 0) + count
         return out
+
+
+def _wrongtype(exc: Exception) -> str:
+    """What a command's error reply says about the data (WRONGTYPE: a key of another type)."""
+    if isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE"):
+        return "the key holds another type"
+    raise exc
+
+
+def _unreadable(task_id: str, key: str, exc: ResponseError) -> RecordUnreadable:
+    reason = _wrongtype(exc)
+    log.warning("task %s: its record %s cannot be read: %s", task_id, key, reason)
+    return RecordUnreadable(task_id, reason)

@@ -92,6 +92,10 @@ class ShardKeys:
     def dead(self, queue: str) -> str:
         return f"{self.base}:q:{queue}:dead"
 
+    def dead_index(self, queue: str) -> str:
+        """Hash of task id -> its entry in `dead(queue)`: a replay by id needs no search."""
+        return f"{self.base}:q:{queue}:dead:ids"
+
     @property
     def channel_prefix(self) -> str:
         return f"{self.base}:done:"

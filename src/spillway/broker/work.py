@@ -8,6 +8,7 @@ the worker (`heartbeat`).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -24,6 +25,8 @@ from spillway.records import WorkerInfo
 from spillway.retry import RetryPolicy
 
 __all__ = ["WorkerOps"]
+
+log = logging.getLogger("spillway.worker")
 
 
 class WorkerOps:
@@ -124,6 +127,7 @@ class WorkerOps:
             for (queue, k), idx in by_stream.items():
                 shard = self.core.keys.shard(k)
                 keys = [shard.stream(queue), shard.dead(queue), shard.counters]
+                keys += [shard.dead_index(queue)]
                 keys += [shard.task(deliveries[i].task_id) for i in idx]
                 args: list[Any] = [GROUP, self.core.result_ttl_ms, shard.channel_prefix]
                 args += [deliveries[i].entry_id for i in idx]
@@ -131,17 +135,26 @@ class WorkerOps:
 
         replies = await self.core.pipeline(build)
         out: list[Started | None] = [None] * len(deliveries)
+        unreadable: list[Outcome] = []
         for idx, items in zip(by_stream.values(), replies, strict=True):
             for i, item in zip(idx, items, strict=True):
-                if item[0] == "run":
-                    out[i] = Started(
-                        delivery=deliveries[i],
-                        type=item[1],
-                        payload=item[2],
-                        attempts=int(item[3]),
-                        policy=RetryPolicy.decode(str(item[4])),
-                        created_at_ms=as_int(item[5]),
-                    )
+                if item[0] != "run":
+                    continue
+                d, task_type, attempts = deliveries[i], str(item[1]), int(item[3])
+                try:
+                    policy = RetryPolicy.decode(str(item[4]))
+                except ValueError:
+                    # A record Spillway did not write: its run would have no timeout or retry
+                    # budget, so it is dead-lettered unrun (begin marked it running: finish may
+                    # write it).
+                    log.warning("task %s: its record's policy is malformed; dead-lettered unrun",
+                                d.task_id)  # fmt: skip
+                    error = "PolicyInvalid: the record's policy is not max_retries|timeout|base|cap"
+                    unreadable.append(Outcome(d, task_type, "dead", error, attempts=attempts))
+                    continue
+                out[i] = Started(d, task_type, str(item[2]), attempts, policy, as_int(item[5]))
+        if unreadable:
+            await self.finish(unreadable)
         return out
 
     async def finish(self, outcomes: Sequence[Outcome]) -> list[bool]:
@@ -152,7 +165,7 @@ class WorkerOps:
                 d = o.delivery
                 shard = self.core.keys.shard(d.shard)
                 keys = [shard.task(d.task_id), shard.stream(d.queue), shard.due(d.queue),
-                        shard.dead(d.queue), shard.counters]  # fmt: skip
+                        shard.dead(d.queue), shard.counters, shard.dead_index(d.queue)]  # fmt: skip
                 args = [d.task_id, d.entry_id, GROUP, o.kind, o.value, o.traceback,
                         self.core.result_ttl_ms, o.retry_delay_ms, shard.channel(d.task_id),
                         o.attempts]  # fmt: skip

@@ -1,6 +1,7 @@
 -- finish: write one outcome exactly once, acknowledge and delete the delivery, notify waiters.
 -- KEYS[1] task record   KEYS[2] shard stream   KEYS[3] due set   KEYS[4] dead-letter stream
 -- KEYS[5] the shard's outcome counters (hash of 'type|outcome' -> count)
+-- KEYS[6] the dead-letter index (hash: task id -> dead-letter entry id)
 -- ARGV[1] task id   ARGV[2] stream entry id   ARGV[3] group   ARGV[4] outcome:
 --   'succeeded' | 'retry' | 'dead'
 -- ARGV[5] result (JSON) or error text   ARGV[6] traceback summary   ARGV[7] result TTL (ms)
@@ -9,17 +10,20 @@
 local record, stream = KEYS[1], KEYS[2]
 redis.call('XACK', stream, ARGV[3], ARGV[2])
 redis.call('XDEL', stream, ARGV[2])
-local r = redis.call('HMGET', record, 'status', 'entry', 'type')
+-- pcall: a key of another type under the task's name (not Spillway's) is a stale delivery.
+local r = redis.pcall('HMGET', record, 'status', 'entry', 'type')
 -- Only the delivery the record points at may write: a reclaimed duplicate, or a delivery of a
 -- task that was cancelled or already finished, writes nothing.
-if r[1] ~= 'running' or r[2] ~= ARGV[2] then
+if r['err'] or r[1] ~= 'running' or r[2] ~= ARGV[2] then
   return 0
 end
+local task_type = r[3] or ''  -- fields a record may lack (not written by Spillway) read as ''
+
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local outcome = ARGV[4]
 -- Counted here, so a stale duplicate (which wrote nothing above) is never counted.
-redis.call('HINCRBY', KEYS[5], r[3] .. '|' .. outcome, 1)
+redis.call('HINCRBY', KEYS[5], task_type .. '|' .. outcome, 1)
 if outcome == 'succeeded' then
   redis.call('HSET', record, 'status', 'succeeded', 'result', ARGV[5], 'finished_at', now,
     'entry', '')
@@ -33,9 +37,10 @@ elseif outcome == 'retry' then
 else
   local f = redis.call('HMGET', record, 'type', 'queue', 'payload', 'policy', 'created_at')
   -- The dead letter keeps the policy whole, so a replay runs under the same one.
-  local letter = redis.call('XADD', KEYS[4], '*', 'id', ARGV[1], 'type', f[1], 'queue', f[2],
-    'payload', f[3], 'error', ARGV[5], 'traceback', ARGV[6], 'attempts', ARGV[10],
-    'policy', f[4], 'created_at', f[5], 'failed_at', now)
+  local letter = redis.call('XADD', KEYS[4], '*', 'id', ARGV[1], 'type', f[1] or '',
+    'queue', f[2] or '', 'payload', f[3] or '', 'error', ARGV[5], 'traceback', ARGV[6],
+    'attempts', ARGV[10], 'policy', f[4] or '', 'created_at', f[5] or '', 'failed_at', now)
+  redis.call('HSET', KEYS[6], ARGV[1], letter)
   -- The record points at its dead letter, so a replay by task id needs no search.
   redis.call('HSET', record, 'status', 'dead', 'error', ARGV[5], 'traceback', ARGV[6],
     'finished_at', now, 'entry', '', 'dead_letter', letter)
