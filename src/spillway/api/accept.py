@@ -207,9 +207,12 @@ class Accept:
                     raise _batch_count(settings.max_batch)
                 return
         except JSONError as exc:
-            if count or len(body) > limit:
+            if len(body) > limit:
                 detail = f'a batch over {limit} bytes must be a plain {{"tasks": [...]}}: {exc}'
                 raise HTTPProblem(400, "invalid-json", detail) from None
+            if count:  # tasks already given out: the whole body only names the problem
+                _batch_items(parse_json(body, self.max_depth), settings.max_batch)
+                raise HTTPProblem(400, "invalid-json", str(exc)) from None
         if len(body) > limit:
             raise HTTPProblem(400, "invalid-json", 'the body must be {"tasks": [...]}')
         for i, item in enumerate(
