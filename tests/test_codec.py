@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from hypothesis import given
+from tests.security.spellings import with_duplicate, without_duplicate
 
 from spillway.codec import JSONError, check_duplicate_keys, loads
 
@@ -48,3 +52,40 @@ def test_nesting_is_bounded_before_parsing() -> None:
     with pytest.raises(JSONError, match="deeper than 32"):
         loads(b"[" * 100_000 + b"]" * 100_000)
     assert loads(b'"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["') == "[" * 44
+
+
+@given(with_duplicate())
+def test_a_key_named_twice_in_any_two_spellings_is_refused(text: str) -> None:
+    with pytest.raises(JSONError, match="duplicate key"):
+        loads(text.encode())
+
+
+@given(without_duplicate())
+def test_documents_without_a_duplicate_pass_in_any_spelling(case: tuple[Any, str]) -> None:
+    value, text = case
+    assert loads(text.encode()) == value
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        b'{"type": "a", "\\u0074ype": "b"}',
+        b'{"type": "a", "\\u0074\\u0079\\u0070\\u0065": "b"}',
+        b'{"\\u00e9": 1, "\\u00E9": 2}',
+        b'{"a/b": 1, "a\\/b": 2}',
+        b'{"\\ud83d\\ude00": 1, "\xf0\x9f\x98\x80": 2}',
+        b'{"\\ud83d\\ude00": 1, "\\uD83D\\uDE00": 2}',
+        b'{"a:": 1, "a\\u003a": 2}',
+        b'{"k": 1, "k\\u003a": "\\u003a", "k": 2}',
+    ],
+)
+def test_a_key_spelled_twice_with_escapes_is_refused(doc: bytes) -> None:
+    with pytest.raises(JSONError, match="duplicate key"):
+        loads(doc)
+
+
+def test_an_escaped_backslash_before_u003a_is_no_colon() -> None:
+    # `\\u003a` is a backslash and the text "u003a": counting it as a colon would hide a duplicate.
+    with pytest.raises(JSONError, match="duplicate key"):
+        loads(b'{"a": 1, "a": 2, "b": "\\\\u003a"}')
+    assert loads(b'{"a": "\\\\u003a", "b": "\\\\\\u003a"}') == {"a": "\\u003a", "b": "\\:"}

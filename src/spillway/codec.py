@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
 import pydantic_core
 
-__all__ = ["JSONError", "check_depth", "check_duplicate_keys", "dumps", "loads"]
+__all__ = ["ArrayItems", "JSONError", "check_depth", "check_duplicate_keys", "dumps", "loads"]
 
 
 class JSONError(ValueError):
@@ -30,34 +32,41 @@ def loads(data: bytes | str, *, max_depth: int = 32) -> Any:
 
 _UNPARSED: Any = object()
 
-
-_KEY = re.compile(rb'"((?:[^"\\\\]|\\\\.)*)"\s*:')
+# A `\u003a` (a colon) that is an escape: after an even number of backslashes, any hex case.
+_ESCAPED_COLON = re.compile(rb"(?<!\\)(?:\\\\)*\\u003[aA]")
 
 
 def check_duplicate_keys(data: bytes | str, parsed: Any = _UNPARSED) -> None:
-    """Refuse an object that names a key twice (`{"type": "a", "type": "b"}`).
+    """Refuse an object that names a key twice, in any spelling JSON allows
+    (`{"type": "a", "type": "b"}`, `{"type": "a", "\\u0074ype": "b"}`).
 
     JSON parsers keep the last value silently, so a request could mean one thing to a proxy
-    and another here. Given the `parsed` document, the check first counts colons: without
-    `\\u` escapes a colon in JSON text is either a key's separator or inside a string, so the
-    text has exactly as many as the parsed document has keys plus colons in its strings,
-    unless a key was given twice (its separator, and its dropped value, add to the text only).
-    The parsed document's count is read off its compact serialisation, which has one colon per
-    key plus those in strings (orjson never escapes a colon): two C-speed passes, cheaper than
-    walking the document in Python (docs/benchmarks.md#duplicate-key-check). Next, it is cheap
-    when no key name repeats anywhere in the document; only then does a precise,
-    object-by-object parse run.
+    and another here. The check counts colons, so it compares keys as the parser decoded them,
+    whatever their escapes. In JSON text a colon is a key's separator, or inside a string,
+    where it may also be spelled `\\u003a`; the parsed document's compact serialisation has one
+    colon per key plus those of its decoded strings (orjson never escapes a colon). The two
+    counts are equal exactly when no key was dropped: a key given twice leaves its separator,
+    and its dropped value, in the text only. Two C-speed passes on every body
+    (docs/benchmarks.md#duplicate-key-check), no walk of the document in Python.
     """
     raw = data.encode() if isinstance(data, str) else data
-    if parsed is not _UNPARSED and b"\\u" not in raw:
+    if parsed is _UNPARSED:
         try:
-            if raw.count(b":") == orjson.dumps(parsed).count(b":"):
-                return
-        except orjson.JSONEncodeError:
-            pass  # not expected of what orjson parsed; the checks below decide
-    keys = _KEY.findall(raw)
-    if len(keys) == len(set(keys)):
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise JSONError(str(exc)) from exc
+    escaped = len(_ESCAPED_COLON.findall(raw)) if b"\\u003" in raw else 0
+    try:
+        serialised = orjson.dumps(parsed)
+    except orjson.JSONEncodeError:
+        _check_pairs(raw)  # not expected of what orjson parsed: decide object by object
         return
+    if raw.count(b":") + escaped != serialised.count(b":"):
+        raise JSONError("duplicate key in a JSON object (a key named twice, in any spelling)")
+
+
+def _check_pairs(raw: bytes) -> None:
+    """The slow, precise check: every object's decoded keys, compared as it is parsed."""
 
     def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: set[str] = set()
@@ -82,25 +91,78 @@ def dumps(value: Any) -> str:
             raise JSONError(f"not JSON-serialisable: {exc}") from exc
 
 
-_STRING = re.compile(rb'"(?:[^"\\\\]|\\\\.)*"')
+# A JSON string, escapes included (the bytes strictly between its quotes are not `"` or `\`
+# unless escaped).
+_STRING_BODY = rb'"(?:[^"\\]++|\\.)*+"'
+_STRING = re.compile(_STRING_BODY)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+# Opening brackets count +1, closing ones -1 (as signed bytes).
+_DELTAS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
 
 
 def check_depth(data: bytes | str, max_depth: int) -> None:
     """Reject documents nesting arrays/objects deeper than `max_depth`, before parsing them.
 
-    Strings are cut out and everything but brackets dropped at C speed, so a hostile
-    ``[[[[...`` costs O(n) and never reaches a recursive parser.
+    Strings are cut out, everything but brackets dropped and the running depth summed at C
+    speed, so a hostile ``[[[[...`` costs O(n) and never reaches a recursive parser.
     """
     raw = data.encode() if isinstance(data, str) else data
     if raw.count(b"[") + raw.count(b"{") <= max_depth:
         return
-    brackets = _STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
-    depth = 0
-    for byte in brackets:
-        if byte in (0x5B, 0x7B):
-            depth += 1
-            if depth > max_depth:
-                raise JSONError(f"JSON nests deeper than {max_depth} levels")
+    deltas = _STRING.sub(b"", raw).translate(_DELTAS, _NOT_BRACKETS)
+    if max(itertools.accumulate(memoryview(deltas).cast("b")), default=0) > max_depth:
+        raise JSONError(f"JSON nests deeper than {max_depth} levels")
+
+
+def _container(depth: int) -> bytes:
+    """A pattern for one array or object nesting at most `depth` levels, strings skipped whole."""
+    inner = rb"(?!)"
+    for _ in range(depth):
+        inner = rb'[\[{](?:[^"\[\]{}]++|' + _STRING_BODY + rb"|" + inner + rb")*+[\]}]"
+    return inner
+
+
+class ArrayItems:
+    """The items of the one array a large body holds (``{"<name>": [item, ...]}``), found one at a
+    time without parsing them, each within a bounded window of bytes.
+
+    So the accept path can refuse a batch of too many tasks, or a task too large or too deep,
+    after reading no more of the body than the limits allow, and parse it a task at a time
+    between which the event loop runs. `items` is None when the body is not of that plain
+    shape (other fields, escapes in the name, a malformed or oversized item): the caller then
+    decides by parsing it whole, which it only may if the body is small.
+    """
+
+    def __init__(self, name: str, max_depth: int) -> None:
+        item = rb"(?:" + _container(max_depth - 2) + rb"|" + _STRING_BODY + rb'|[^"\[\]{},\s]++)'
+        self._head = re.compile(rb'\s*+\{\s*+"' + re.escape(name.encode()) + rb'"\s*+:\s*+\[\s*+')
+        self._item = re.compile(rb"\s*+" + item + rb"\s*+(?:,|(\]))")
+        self._tail = re.compile(rb"\s*+\}\s*+")
+
+    def items(self, raw: bytes, max_items: int, max_item: int) -> Iterator[tuple[int, int]] | None:
+        """The (start, end) of each item, up to one more than `max_items`; None if the body does
+        not open with the array."""
+        head = self._head.match(raw)
+        return None if head is None else self._spans(raw, head.end(), max_items, max_item)
+
+    def _spans(
+        self, raw: bytes, pos: int, max_items: int, max_item: int
+    ) -> Iterator[tuple[int, int]]:
+        if raw[pos : pos + 1] == b"]":
+            pos += 1
         else:
-            depth -= 1
+            for _ in range(max_items + 1):
+                found = self._item.match(raw, pos, min(len(raw), pos + max_item))
+                if found is None:
+                    raise JSONError(
+                        f"an item at byte {pos} is malformed, larger than {max_item} bytes "
+                        "or nests too deep"
+                    )
+                yield pos, found.end() - 1
+                pos = found.end()
+                if found.group(1) is not None:
+                    break
+            else:
+                return  # the caller counts more items than it allows
+        if self._tail.fullmatch(raw, pos) is None:
+            raise JSONError(f"unexpected content after the array at byte {pos}")

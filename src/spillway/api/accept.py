@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -30,6 +30,7 @@ from spillway.api.problems import HTTPProblem, Rendered, describe, render
 from spillway.api.schemas import BatchItem, TaskSubmission
 from spillway.app import Spillway
 from spillway.broker import AcceptRequest
+from spillway.codec import ArrayItems, JSONError
 from spillway.errors import SpillwayError
 from spillway.records import EnqueueResult
 
@@ -41,6 +42,8 @@ Answer = Rendered | asyncio.Future[Rendered]
 _JSON = b"application/json"
 _TASK_LOC = ("body", "payload")
 _PROCESS_LOC = ("body",)
+# How long a batch holds the event loop before it lets other requests run.
+_TURN = 0.005
 
 
 class Accept:
@@ -55,6 +58,7 @@ class Accept:
         self.body_timeout = s.body_timeout
         #: The body limit of each route.
         self.limits = {"/tasks": s.max_payload_bytes, "/tasks/batch": s.max_batch_bytes}
+        self.batch_items = ArrayItems("tasks", s.max_json_depth)
         if self.default_type is not None:
             self.limits["/process"] = s.max_payload_bytes
 
@@ -96,9 +100,9 @@ class Accept:
             key, _ = _check_request(path, scope, limit)
             if len(body) > limit:
                 raise too_large(limit)
-            doc = parse_json(body, self.max_depth)
             if path == "/tasks/batch":
-                return asyncio.ensure_future(self._batch(scope, doc, started))
+                return asyncio.ensure_future(self._batch(scope, body, started))
+            doc = parse_json(body, self.max_depth)
             request = self._task(path, key, doc)
         except (HTTPProblem, SpillwayError) as exc:
             return _finish(path, started, render(exc, body_loc=loc))
@@ -142,14 +146,13 @@ class Accept:
             timeout=sub.timeout_s,
         )
 
-    async def _batch(self, scope: Scope, doc: Any, started: float) -> Rendered:
+    async def _batch(self, scope: Scope, body: bytes, started: float) -> Rendered:
         """Up to ``max_batch`` tasks written in one round trip; each succeeds or fails alone."""
         caller = scope.get(CALLER, "")
         try:
-            items = _batch_items(doc, self.app.settings.max_batch)
             results: list[EnqueueResult | None] = []
             requests: list[tuple[int, AcceptRequest]] = []
-            for i, item in enumerate(items):
+            async for i, item in self._batch_items(body):
                 try:
                     request = self._batch_item(i, item, caller)
                 except (HTTPProblem, SpillwayError) as exc:
@@ -175,6 +178,47 @@ class Accept:
             }
         )
         return _finish("/tasks/batch", started, (200, _json_headers(body), body))
+
+    async def _batch_items(self, body: bytes) -> AsyncIterator[tuple[int, Any]]:
+        """The tasks of a batch body, parsed one at a time, the event loop running in between.
+        Each is dropped once validated: a million parsed containers kept alive would make the
+        garbage collector's full passes hold the loop.
+
+        Each task is found (`ArrayItems`) within ``max_payload_bytes``, the limit of a
+        ``POST /tasks`` body, and the count is checked before the next one is parsed, so no
+        body the limits allow parses for longer than one task does (docs/security.md). A body
+        not of the plain ``{"tasks": [...]}`` shape is parsed whole if it is no larger than a
+        task, for the precise answer; a larger one is refused.
+        """
+        settings = self.app.settings
+        limit = settings.max_payload_bytes
+        spans = self.batch_items.items(body, settings.max_batch, limit)
+        count = 0
+        turn = _Turns()
+        try:
+            if spans is not None:
+                for start, end in spans:
+                    if count == settings.max_batch:
+                        raise _batch_count(settings.max_batch)
+                    await turn.maybe()
+                    yield count, parse_json(body[start:end], self.max_depth - 2)
+                    count += 1
+                if not count:
+                    raise _batch_count(settings.max_batch)
+                return
+        except JSONError as exc:
+            if len(body) > limit:
+                detail = f'a batch over {limit} bytes must be a plain {{"tasks": [...]}}: {exc}'
+                raise HTTPProblem(400, "invalid-json", detail) from None
+            if count:  # tasks already given out: the whole body only names the problem
+                _batch_items(parse_json(body, self.max_depth), settings.max_batch)
+                raise HTTPProblem(400, "invalid-json", str(exc)) from None
+        if len(body) > limit:
+            raise HTTPProblem(400, "invalid-json", 'the body must be {"tasks": [...]}')
+        for i, item in enumerate(
+            _batch_items(parse_json(body, self.max_depth), settings.max_batch)
+        ):
+            yield i, item
 
     def _batch_item(self, i: int, item: Any, caller: str) -> AcceptRequest:
         try:
@@ -257,15 +301,29 @@ def _batch_items(doc: Any, max_batch: int) -> list[Any]:
         )
     items: list[Any] = doc["tasks"]
     if not 1 <= len(items) <= max_batch:
-        raise HTTPProblem(
-            422,
-            "request-invalid",
-            f"send 1 to {max_batch} tasks per batch",
-            errors=[
-                {"loc": ["body", "tasks"], "msg": f"1 to {max_batch} tasks", "type": "too_long"}
-            ],
-        )
+        raise _batch_count(max_batch)
     return items
+
+
+def _batch_count(max_batch: int) -> HTTPProblem:
+    return HTTPProblem(
+        422,
+        "request-invalid",
+        f"send 1 to {max_batch} tasks per batch",
+        errors=[{"loc": ["body", "tasks"], "msg": f"1 to {max_batch} tasks", "type": "too_long"}],
+    )
+
+
+class _Turns:
+    """Lets the event loop run once this coroutine has held it for `_TURN` seconds."""
+
+    def __init__(self) -> None:
+        self.since = time.perf_counter()
+
+    async def maybe(self) -> None:
+        if time.perf_counter() - self.since > _TURN:
+            await asyncio.sleep(0)
+            self.since = time.perf_counter()
 
 
 def _invalid(exc: ValidationError, root: tuple[str | int, ...]) -> HTTPProblem:
