@@ -22,6 +22,7 @@ __all__ = [
     "TaskStatus",
     "Unreadable",
     "WorkerInfo",
+    "count",
     "from_ms",
 ]
 
@@ -85,8 +86,8 @@ class _Fields:
     def parse(self, name: str, read: Any, default: str | None = None) -> Any:
         value = self.raw.get(name, default)
         try:
-            return read(value)
-        except (ValueError, TypeError) as exc:
+            return read(value)  # an optional field's reader takes None
+        except (ValueError, TypeError, AttributeError) as exc:
             what = "is missing" if value is None else f"is malformed ({type(exc).__name__})"
             raise Unreadable(name, what) from None
 
@@ -127,7 +128,7 @@ class TaskRecord(BaseModel):
             type=f.text("type"),
             queue=f.text("queue"),
             status=f.parse("status", TaskStatus),
-            attempts=f.parse("attempts", _count, "0"),
+            attempts=f.parse("attempts", count, "0"),
             max_retries=f.parse("policy", RetryPolicy.decode).max_retries,
             payload=f.parse("payload", _json),
             result=f.parse("result", _json),
@@ -171,16 +172,18 @@ class DeadTask(BaseModel):
             payload=f.parse("payload", _json),
             error=raw.get("error", ""),
             traceback=raw.get("traceback", ""),
-            attempts=f.parse("attempts", _count, "0"),
+            attempts=f.parse("attempts", count, "0"),
             created_at=f.parse("created_at", from_ms),
             failed_at=f.parse("failed_at", from_ms),
         )
 
 
-def _count(value: str) -> int:
+def count(value: str) -> int:
+    """A stored count: a whole number from 0 up to Redis's own integer limit (`ValueError`
+    otherwise), so that whatever is read back can be answered as JSON."""
     n = int(value)
-    if n < 0:
-        raise ValueError("negative")
+    if not 0 <= n < 2**63:
+        raise ValueError("not a count")
     return n
 
 
@@ -206,11 +209,11 @@ class WorkerInfo(BaseModel):
         return cls(
             name=f.text("name"),
             host=f.text("host"),
-            pid=f.parse("pid", _count),
+            pid=f.parse("pid", count),
             queues=[q for q in f.text("queues").split(",") if q],
-            concurrency=f.parse("concurrency", _count),
-            in_flight=f.parse("in_flight", _count),
-            processed=f.parse("processed", _count),
+            concurrency=f.parse("concurrency", count),
+            in_flight=f.parse("in_flight", count),
+            processed=f.parse("processed", count),
             started_at=f.parse("started_at", from_ms),
             last_seen=f.parse("last_seen", from_ms),
         )

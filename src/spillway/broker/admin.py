@@ -19,7 +19,7 @@ from spillway.broker.keys import GROUP
 from spillway.broker.types import as_int, ms
 from spillway.broker.waiters import Waiters
 from spillway.errors import RecordUnreadable
-from spillway.records import DeadTask, QueueStats, Unreadable, WorkerInfo
+from spillway.records import DeadTask, QueueStats, Unreadable, WorkerInfo, count
 
 __all__ = ["Admin"]
 
@@ -223,12 +223,12 @@ class Admin:
             for field, n in raw.items():
                 task_type, _, kind = field.rpartition("|")
                 try:
-                    count = int(n)
+                    stored = count(n)
                 except ValueError:
                     log.warning("skipping counter %r of %s: not a number", field, shard.counters)
                     continue
                 per_type = out.setdefault(task_type, {})
-                per_type[kind] = per_type.get(kind, 0) + count
+                per_type[kind] = per_type.get(kind, 0) + stored
         return out
 
 
