@@ -87,7 +87,7 @@ async def test_another_sites_auto_submitting_form_does_not_replay_a_dead_letter(
     browser: Browser, server: ApiServer, app: Spillway, evil: EvilSite, action: str, enctype: str
 ) -> None:
     task_id = await app.enqueue("explode", {"message": "stay dead"})
-    await drain(app)
+    await drain(app, task_id)
     target = server.url + action.format(id=task_id)
     url = evil.serve(
         f'<form method="post" action="{target}" enctype="{enctype}">'
