@@ -5,10 +5,11 @@ first (no CORS preflight) only if the request is "simple": a form's media type
 (``application/x-www-form-urlencoded``, ``multipart/form-data``, ``text/plain``) or none, and
 no header but a few safelisted ones. The browser adds its own ``Origin`` and, in current
 browsers, ``Sec-Fetch-Site``. `SiteCheck` refuses, on the headers alone, a state-changing
-request that carries either mark of another site, a form's media type, or, for a ``POST``
-that proves nothing else, no header a simple request cannot carry. It also refuses a
-``Host`` the server was not told it serves (`Settings.allowed_hosts`), which stops DNS
-rebinding. `SpillwayAPI.__call__` and `Accept.direct_route` both run it, before the API key.
+request that carries either mark of another site, a form's media type, or credentials a
+browser resends by itself (Basic, a cookie) without a header a simple request cannot carry.
+It also refuses a ``Host`` the server was not told it serves (`Settings.allowed_hosts`),
+which stops DNS rebinding. `Auth.admit` runs it before the API key, so `SpillwayAPI.__call__`
+and `Accept.direct_route` both do.
 
 The headers of every answer (`API_HEADERS`, and the stricter policies the dashboard and
 ``/docs`` send) stop other sites from framing a page or sniffing a JSON answer as HTML.
@@ -81,7 +82,7 @@ class SiteCheck:
         if not unsafe and self.hosts is None:
             return
         host = origin = site = media = None
-        preflighted = False
+        preflighted = ambient = False
         for name, value in scope["headers"]:
             if name == b"host":
                 host = value
@@ -94,7 +95,10 @@ class SiteCheck:
             elif name in _PREFLIGHTED or name.startswith(b"x-spillway-"):
                 preflighted = True
             elif name == b"authorization":
-                preflighted = preflighted or value[:7].lower() == b"bearer "
+                bearer = value[:7].lower() == b"bearer "
+                preflighted, ambient = preflighted or bearer, ambient or not bearer
+            elif name == b"cookie":
+                ambient = True
         if self.hosts is not None and path not in _PROBES and not _serves(host, self.hosts):
             shown = (host or b"").decode("latin-1") or "none"
             raise HTTPProblem(421, "host-not-allowed", f"this server does not serve Host {shown}")
@@ -112,15 +116,14 @@ class SiteCheck:
                 "unsupported-media-type",
                 f"no route takes {media.decode('latin-1')}: send application/json",
             )
-        json = media is not None and (media == b"application/json" or media.endswith(b"+json"))
-        if scope["method"] == "POST" and not (json or preflighted or origin is not None):
-            # What a cross-site page can send without a preflight, from a browser that names
-            # no origin: refused unless the client shows it is not one.
+        if ambient and not (preflighted or origin is not None or _is_json(media)):
+            # Credentials a browser resends by itself, on a POST a cross-site page can make
+            # a browser that names no origin send: the client must show it is not one.
             raise HTTPProblem(
                 400,
                 "bad-request",
-                "send Content-Type: application/json, an API key, or an X-Spillway-* header "
-                "(a request another site can make a browser send carries none of them)",
+                "with browser credentials, send Content-Type: application/json or an "
+                "X-Spillway-* header (a request another site can make a browser send has neither)",
             )
 
 
@@ -134,6 +137,10 @@ def _serves(host: bytes | None, hosts: frozenset[str]) -> bool:
         name == allowed or (allowed[:1] == "." and (name.endswith(allowed) or name == allowed[1:]))
         for allowed in hosts
     )
+
+
+def _is_json(media: bytes | None) -> bool:
+    return media is not None and (media == b"application/json" or media.endswith(b"+json"))
 
 
 def _host_name(host: str) -> str:
