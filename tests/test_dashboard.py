@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -84,12 +85,21 @@ async def test_replay_from_another_site_is_refused(http: httpx.AsyncClient, app:
     assert missing.status_code == 404
 
 
+async def until(page: Page, expression: str, arg: object = None, timeout: float = 15.0) -> None:
+    """Wait until `expression` is true in the page. Not `page.wait_for_function`: it compiles
+    its predicate with eval, which the dashboard's Content-Security-Policy forbids."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await page.evaluate(expression, arg):
+        assert asyncio.get_running_loop().time() < deadline, f"never true: {expression}"
+        await asyncio.sleep(0.05)  # the page itself polls every 250 ms
+
+
 async def text_of(page: Page, selector: str, expected: str) -> None:
-    """Wait until the element shows `expected` (the page polls every 250 ms)."""
-    await page.wait_for_function(
+    """Wait until the element shows `expected`."""
+    await until(
+        page,
         "([sel, want]) => document.querySelector(sel).textContent.trim() === want",
-        arg=[selector, expected],
-        timeout=15_000,
+        [selector, expected],
     )
 
 
@@ -112,7 +122,7 @@ async def test_the_dashboard_follows_tasks_and_replays_a_dead_letter(
         page.on("console", on_console)
         page.on("pageerror", on_error)
         await page.goto(f"{server.url}/dashboard?interval=250")
-        await page.wait_for_function("window.spillwayDashboard.polls >= 2", timeout=15_000)
+        await until(page, "() => window.spillwayDashboard.polls >= 2")
         await text_of(page, "#status", "live")
         await text_of(page, "#backlog", "0")
 
@@ -131,16 +141,14 @@ async def test_the_dashboard_follows_tasks_and_replays_a_dead_letter(
         await text_of(page, "#backlog", "0")
         await text_of(page, "#succeeded", "4")
         await text_of(page, "#dead", "1")
-        await page.wait_for_function(
-            "Math.max(...window.spillwayDashboard.data.succeeded) > 0", timeout=15_000
-        )
+        await until(page, "() => Math.max(...window.spillwayDashboard.data.succeeded) > 0")
         task_id = boom.json()["task_id"]
         assert "boom" in await page.inner_text("#failures")
 
         await page.click(f'button.replay[data-task-id="{task_id}"]')
-        await page.wait_for_function(
-            "document.querySelector('#replay-message').textContent.startsWith('Replayed')",
-            timeout=15_000,
+        await until(
+            page,
+            "() => document.querySelector('#replay-message').textContent.startsWith('Replayed')",
         )
         await text_of(page, "#dead", "0")
         assert (await app.get(task_id)).status is TaskStatus.QUEUED

@@ -73,6 +73,13 @@ class Settings(BaseSettings):
         default_factory=list,
         description="API keys (comma-separated in the environment); empty: no authentication.",
     )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Host names the API answers (comma-separated; `.example.com` includes its"
+            " subdomains); empty or `*`: any. Stops DNS rebinding."
+        ),
+    )
     default_task_type: str | None = Field(
         default=None, description="Task type whose payload `POST /process` takes as its body."
     )
@@ -92,9 +99,9 @@ class Settings(BaseSettings):
         description="Seconds a request's line and headers may take to arrive; then 408.",
     )
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "allowed_hosts", mode="before")
     @classmethod
-    def _split_api_keys(cls, value: Any) -> Any:
+    def _split_lists(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value

@@ -134,6 +134,6 @@ def test_every_problem_the_api_answers_becomes_a_spillway_error(slug: str) -> No
     assert isinstance(error, SpillwayError)
     generic = {"bad-request", "invalid-json", "unsupported-json", "payload-too-large",
                "request-timeout", "request-header-too-large", "unsupported-media-type",
-               "unauthorized", "request-invalid", "internal-error", "result-timeout",
-               "task-failed"}  # fmt: skip
+               "unauthorized", "cross-site-request", "host-not-allowed", "request-invalid",
+               "internal-error", "result-timeout", "task-failed"}  # fmt: skip
     assert isinstance(error, RequestRejected) == (slug in generic)

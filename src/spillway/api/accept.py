@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from spillway import metrics
 from spillway.api.auth import CALLER, Auth
 from spillway.api.body import Receive, Scope, check_headers, parse_json, read_body, too_large
+from spillway.api.browsers import API_HEADERS
 from spillway.api.problems import HTTPProblem, Rendered, describe, render
 from spillway.api.schemas import BatchItem, TaskSubmission
 from spillway.app import Spillway
@@ -230,14 +231,15 @@ class Accept:
 
 
 def _finish(path: str, started: float, rendered: Rendered) -> Rendered:
-    """An accept route's answer, counted, with the close it may need."""
-    metrics.accept_answered(path, rendered[0], rendered[2], time.perf_counter() - started)
-    if rendered[0] in (408, 413):
+    """An accept route's answer, counted, with its security headers and the close it may need."""
+    status, headers, body = rendered
+    metrics.accept_answered(path, status, body, time.perf_counter() - started)
+    headers += API_HEADERS  # every rendered answer's header list is its own
+    if status in (408, 413):
         # The rest of the body is not read, so the connection cannot carry another request:
         # say so. The server reads on and drops what the client still sends before it closes,
         # so the client gets this answer rather than a reset (the fast protocol's lingering close).
-        status, headers, body = rendered
-        return status, [*headers, (b"connection", b"close")], body
+        headers.append((b"connection", b"close"))
     return rendered
 
 

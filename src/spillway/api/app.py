@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -15,6 +16,8 @@ from spillway import __version__
 from spillway.api.accept import Accept, route_path
 from spillway.api.auth import Auth
 from spillway.api.body import ClientGone
+from spillway.api.browsers import API_HEADERS, SiteCheck
+from spillway.api.docs import add_docs_routes
 from spillway.api.openapi import openapi_builder
 from spillway.api.problems import HTTPProblem, Rendered, render
 from spillway.api.routes import add_accept_routes, add_routes
@@ -34,9 +37,11 @@ Errors are RFC 9457 `application/problem+json` documents.
 
 
 class SpillwayAPI(FastAPI):
-    """FastAPI with authentication, and the accept routes answered before FastAPI's routing.
+    """FastAPI with admission, and the accept routes answered before FastAPI's routing.
 
-    Authentication runs on the headers before anything reads a body. The accept routes
+    Admission (`Auth.admit`: the cross-site checks, then the API key) runs on the headers
+    before anything reads a body; every answer carries the security headers of `API_HEADERS`
+    unless it sets its own. The accept routes
     (``POST /tasks``, ``/tasks/batch``, ``/process``) go to `Accept.handle` through ASGI, or,
     under the fast protocol, to `Accept.answer` through `direct_route`; their FastAPI routes
     exist for the OpenAPI document and call the same core.
@@ -59,7 +64,8 @@ class SpillwayAPI(FastAPI):
         try:
             self._auth.admit(scope, path)
         except HTTPProblem as exc:
-            await send_rendered(send, render(exc))
+            status, headers, body = render(exc)
+            await send_rendered(send, (status, [*headers, *API_HEADERS], body))
             return
         if scope["method"] == "POST" and path in self._accept.limits:
             try:
@@ -68,7 +74,21 @@ class SpillwayAPI(FastAPI):
                 return
             await send_rendered(send, rendered)
             return
-        await super().__call__(scope, receive, send)
+        await super().__call__(scope, receive, _secured(send))
+
+
+def _secured(send: Send) -> Send:
+    """`send`, adding to the response the `API_HEADERS` it does not set itself."""
+
+    async def send_secured(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", ()))
+            present = {name.lower() for name, _ in headers}
+            headers += [h for h in API_HEADERS if h[0] not in present]
+            message["headers"] = headers
+        await send(message)
+
+    return send_secured
 
 
 async def send_rendered(send: Send, rendered: Rendered) -> None:
@@ -109,14 +129,17 @@ def create_app(app: Spillway) -> FastAPI:
         description=_DESCRIPTION,
         lifespan=lifespan,
         redoc_url=None,
+        docs_url=None,  # served from the package, not a CDN: `add_docs_routes`
+        swagger_ui_oauth2_redirect_url=None,
     )
-    auth = Auth(settings.api_keys, browser=is_dashboard)
+    auth = Auth(settings.api_keys, browser=is_dashboard, sites=SiteCheck(settings.allowed_hosts))
     accept = Accept(app, auth)
     api.setup_spillway(app, auth, accept)
     _add_error_handlers(api)
     add_accept_routes(api, accept)
     add_routes(api, app)
     add_dashboard_routes(api, app)
+    add_docs_routes(api)
     api.openapi = openapi_builder(api, app)  # type: ignore[method-assign]
     return api
 

@@ -1,4 +1,5 @@
-"""Optional API-key authentication, checked on the request headers before any body is read."""
+"""Who may make a request, decided on its headers before any body is read: the cross-site
+checks (`spillway.api.browsers`), then the optional API key."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from spillway.api.browsers import SiteCheck
 from spillway.api.problems import HTTPProblem
 
 __all__ = ["ANONYMOUS", "CALLER", "PUBLIC_PATHS", "Auth"]
@@ -20,8 +22,19 @@ ANONYMOUS = "anon"
 #: Where `SpillwayAPI` leaves the caller (its idempotency scope) in the ASGI scope.
 CALLER = "spillway.caller"
 
-#: Paths that answer without a key: probes and the API description.
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+#: Paths that answer without a key: probes and the API description (with its page's assets).
+PUBLIC_PATHS = frozenset(
+    {
+        "/healthz",
+        "/readyz",
+        "/docs",
+        "/docs/static/swagger-ui.css",
+        "/docs/static/swagger-ui-bundle.js",
+        "/docs/static/docs.js",
+        "/docs/static/favicon.png",
+        "/openapi.json",
+    }
+)
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="spillway"'}
 # Browsers prompt for Basic credentials by themselves; the password is the API key.
@@ -36,16 +49,22 @@ class Auth:
     """
 
     def __init__(
-        self, keys: Sequence[SecretStr], browser: Callable[[str], bool] = lambda path: False
+        self,
+        keys: Sequence[SecretStr],
+        browser: Callable[[str], bool] = lambda path: False,
+        sites: SiteCheck | None = None,
     ) -> None:
         self._keys = [
             (k.get_secret_value().encode(), _scope_of(k.get_secret_value())) for k in keys
         ]
         self._browser = browser  # the paths a browser opens itself (Basic credentials)
+        self._sites = sites or SiteCheck()
 
     def admit(self, scope: MutableMapping[str, Any], path: str) -> str:
         """Identify a request's caller and note it in its scope at `CALLER`; `HTTPProblem`
-        401 unless it may call `path` (a path of the application, without a root path)."""
+        unless it may call `path` (a path of the application, without a root path): 4xx from
+        `SiteCheck.check` (another site, another Host), 401 without a valid key."""
+        self._sites.check(scope, path)
         caller = ANONYMOUS
         if self._keys and path not in PUBLIC_PATHS:
             caller = self.identify(scope["headers"], browser=self._browser(path))

@@ -103,6 +103,8 @@ SLUGS = frozenset(
         "request-header-too-large",
         "unsupported-media-type",
         "unauthorized",
+        "cross-site-request",
+        "host-not-allowed",
         "request-invalid",
         "internal-error",
     ]
@@ -117,6 +119,8 @@ _TITLES = {
     "request-header-too-large": "Request head too large",
     "unsupported-media-type": "Unsupported media type",
     "unauthorized": "Unauthorized",
+    "cross-site-request": "Cross-site request refused",
+    "host-not-allowed": "Host not served",
     "request-invalid": "Invalid request",
     "internal-error": "Internal server error",
     **{slug: title for _, slug, _, title in _CORE},

@@ -8,8 +8,11 @@ host's processes (see `spillway.metrics`).
 
 With API keys configured, the dashboard's paths also accept the key as the password of HTTP
 Basic credentials, so a browser's own login prompt works. Browsers send those credentials by
-themselves, so the one route that changes anything (replay) also requires a custom header,
-which another site's page cannot send without a CORS preflight this API never grants.
+themselves, so the page's one action (replay) sends a custom header (`REPLAY_HEADER`), which
+another site's page cannot send without a CORS preflight this API never grants: the
+cross-site checks of `spillway.api.browsers`, run on every request, refuse a replay without
+it or from another origin. The page and its assets are sent with a strict
+Content-Security-Policy (their own origin only, never framed).
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ import time
 from importlib.resources import files
 
 import orjson
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from starlette.exceptions import HTTPException
 
 from spillway import metrics
+from spillway.api.browsers import PAGE_HEADERS, page_policy
 from spillway.api.problems import HTTPProblem
 from spillway.app import Spillway
 from spillway.errors import BrokerUnavailable
@@ -37,6 +41,8 @@ _ASSETS = {
     "dashboard.css": "text/css; charset=utf-8",
 }
 _DEAD_LETTERS_SHOWN = 50
+# The page's icon is a data: URL; everything else comes from the dashboard's own paths.
+_HEADERS = {**PAGE_HEADERS, "Content-Security-Policy": page_policy(img_src="'self' data:")}
 
 
 def is_dashboard(path: str) -> bool:
@@ -47,7 +53,7 @@ def is_dashboard(path: str) -> bool:
 def _asset(name: str) -> Response:
     body = files(__package__).joinpath("static", name).read_bytes()
     # Short-lived caching: a new release must not keep an old script in the browser for long.
-    headers = {"Cache-Control": "max-age=60", "X-Content-Type-Options": "nosniff"}
+    headers = {"Cache-Control": "max-age=60", **_HEADERS}
     return Response(body, media_type=_ASSETS[name], headers=headers)
 
 
@@ -82,9 +88,7 @@ def add_dashboard_routes(api: FastAPI, app: Spillway) -> None:
         )
 
     @api.post(PREFIX + "/replay/{task_id}", include_in_schema=False, status_code=202)
-    async def replay(request: Request, task_id: str) -> Response:
-        if REPLAY_HEADER.lower() not in request.headers:
-            raise HTTPProblem(400, "bad-request", f"send the {REPLAY_HEADER} header")
+    async def replay(task_id: str) -> Response:
         if not await app.replay(task_id):
             raise HTTPProblem(
                 404, "task-not-found", f"no dead letter has task id {task_id!r}", task_id=task_id
