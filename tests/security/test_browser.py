@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from playwright.async_api import Browser, ConsoleMessage, Route
-from tests.api.servers import ApiServer, drain
+from tests.api.servers import ApiServer, drain, serving
 from tests.browser import chromium
 
 from spillway import Spillway, TaskStatus
@@ -61,11 +61,7 @@ def server(
     redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ApiServer]:
     """Open mode: what `spillway dev` serves on a laptop, where the attack matters most."""
-    s = ApiServer(redis_server.url).start(tmp_path_factory.mktemp("browser"))
-    try:
-        yield s
-    finally:
-        s.stop()
+    yield from serving(redis_server.url, tmp_path_factory.mktemp("browser"))
 
 
 @pytest.fixture

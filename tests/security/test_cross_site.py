@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import httpx
 import orjson
 import pytest
-from tests.api.servers import ApiServer, drain
+from tests.api.servers import ApiServer, drain, serving
 
 from spillway import Settings, Spillway, TaskStatus
 from spillway.api import create_app
@@ -60,11 +60,7 @@ def server(
     redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ApiServer]:
     """Open mode (no API keys), any Host: the default, and what `spillway dev` runs."""
-    s = ApiServer(redis_server.url).start(tmp_path_factory.mktemp("cross-site"))
-    try:
-        yield s
-    finally:
-        s.stop()
+    yield from serving(redis_server.url, tmp_path_factory.mktemp("cross-site"))
 
 
 @pytest.fixture(scope="module")
@@ -72,11 +68,7 @@ def hosts_server(
     redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ApiServer]:
     env = {"SPILLWAY_ALLOWED_HOSTS": "localhost, 127.0.0.1"}
-    s = ApiServer(redis_server.url, env).start(tmp_path_factory.mktemp("hosts"))
-    try:
-        yield s
-    finally:
-        s.stop()
+    yield from serving(redis_server.url, tmp_path_factory.mktemp("hosts"), env)
 
 
 @pytest.fixture
