@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psutil
 from click.testing import CliRunner, Result
+from tests.procs import settings_env
 
 from spillway import Settings
 from spillway.cli import main
@@ -42,8 +43,7 @@ def child_env(settings: Settings | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPILLWAY_")}
     env["PYTHONPATH"] = str(ROOT)
     if settings is not None:
-        for name, value in settings.model_dump(exclude_none=True).items():
-            env[f"SPILLWAY_{name.upper()}"] = str(value)
+        env |= settings_env(settings)
     return env
 
 

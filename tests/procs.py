@@ -11,6 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from spillway import Settings
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -66,3 +68,12 @@ def kill(proc: subprocess.Popen[bytes]) -> None:
 def output(proc: Proc) -> str:
     """Everything the process printed so far."""
     return proc.log_path.read_text(errors="replace")
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """`settings` as the ``SPILLWAY_*`` variables a child process reads (list settings
+    comma-separated, as users write them; API keys are left to each test)."""
+    env = {}
+    for name, value in settings.model_dump(exclude_none=True, exclude={"api_keys"}).items():
+        env[f"SPILLWAY_{name.upper()}"] = ",".join(value) if isinstance(value, list) else str(value)
+    return env

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.api.sample_app import build
 from tests.api.servers import free_port
 from tests.clitools import until
-from tests.procs import ROOT, Proc, output, spawn, stop
+from tests.procs import ROOT, Proc, output, settings_env, spawn, stop
 
 from spillway import Settings, Spillway
 from spillway.embedded import EmbeddedRedis
@@ -103,8 +103,7 @@ def stack(
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SPILLWAY_", "PROMETHEUS_"))}
     env["PYTHONPATH"] = str(ROOT)
     env["SPILLWAY_DEFAULT_TASK_TYPE"] = "resize"
-    for name, setting in settings.model_dump(exclude_none=True, exclude={"api_keys"}).items():
-        env[f"SPILLWAY_{name.upper()}"] = str(setting)
+    env |= settings_env(settings)
     s = Stack(env, settings, free_port(), free_port(), [])
     try:
         yield s

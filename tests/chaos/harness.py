@@ -23,6 +23,7 @@ from typing import Any, cast
 import httpx
 import redis.asyncio as aioredis
 from tests.embedded_cluster import EmbeddedCluster
+from tests.procs import settings_env
 
 from spillway import Settings, Spillway
 from spillway.broker import GROUP
@@ -198,9 +199,7 @@ class Stack:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SPILLWAY_")}
         inherited = os.environ.get("PYTHONPATH")
         env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{inherited}" if inherited else str(ROOT)
-        for name, value in self.settings.model_dump(exclude_none=True).items():
-            if name != "api_keys":
-                env[f"SPILLWAY_{name.upper()}"] = str(value)
+        env |= settings_env(self.settings)
         return {**env, **self._extra_env, **(extra or {})}
 
     def _spawn(self, kind: str, args: list[str], env: dict[str, str] | None = None) -> Child:
