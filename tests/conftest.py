@@ -16,6 +16,7 @@ from tests import browser, clitools, procs
 from tests.api import servers
 from tests.chaos import harness
 from tests.embedded_cluster import EmbeddedCluster
+from tests.procs import settings_env
 
 from spillway import Settings, Spillway
 from spillway.api.uvicorn_fast import probe
@@ -104,10 +105,7 @@ async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 @pytest.fixture
 def worker_env(settings: Settings) -> dict[str, str]:
     """Environment that makes a worker subprocess use this test's settings."""
-    env = dict(os.environ)
-    for name, value in settings.model_dump().items():
-        if value is not None:
-            env[f"SPILLWAY_{name.upper()}"] = str(value)
+    env = dict(os.environ) | settings_env(settings)
     env["PYTHONPATH"] = str(ROOT)
     return env
 

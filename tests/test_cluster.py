@@ -12,7 +12,7 @@ import time
 import pytest
 from redis.crc import key_slot
 from tests.embedded_cluster import EmbeddedCluster
-from tests.procs import output, spawn_worker, stop
+from tests.procs import output, settings_env, spawn_worker, stop
 
 from spillway import Settings, Spillway
 from spillway.errors import BrokerUnavailable
@@ -125,9 +125,7 @@ async def test_a_shard_moved_to_another_primary_mid_run_loses_nothing(
         settings = cluster_settings(cluster, key_prefix)
         async with Spillway(settings) as app:  # closed on failure too
             app.tasks.update(core.app.tasks)
-            env = dict(worker_env)
-            for name, value in settings.model_dump().items():
-                env[f"SPILLWAY_{name.upper()}"] = str(value)
+            env = dict(worker_env) | settings_env(settings)
             accepted = [
                 r.task_id for r in await app.enqueue_many([("count", {})] * 600) if r.task_id
             ]
