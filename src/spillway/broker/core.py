@@ -22,6 +22,7 @@ from redis.exceptions import (
     ClusterDownError,
     NoScriptError,
     OutOfMemoryError,
+    RedisClusterException,
     RedisError,
     ResponseError,
 )
@@ -126,7 +127,7 @@ class RedisCore:
                 yield
         except NoScriptError:
             raise
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
             mapped = unavailable(exc)
             if mapped is None:
                 raise

@@ -45,6 +45,7 @@ from redis.exceptions import (
     AskError,
     ConnectionError,
     MovedError,
+    RedisClusterException,
     RedisError,
     ResponseError,
     TimeoutError,
@@ -177,7 +178,8 @@ async def refresh_slots(cluster: RedisCluster) -> None:
     if now - _last_refresh.get(id(cluster), 0.0) < 0.5:
         return
     _last_refresh[id(cluster)] = now
-    with contextlib.suppress(RedisError, OSError):
+    # No node reachable (mid-failover) raises RedisClusterException, not a RedisError.
+    with contextlib.suppress(RedisError, RedisClusterException, OSError):
         await cluster.nodes_manager.initialize()
 
 

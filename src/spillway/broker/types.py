@@ -11,6 +11,7 @@ from redis.exceptions import (
     MovedError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisClusterException,
     ResponseError,
     TryAgainError,
 )
@@ -53,7 +54,11 @@ _UNAVAILABLE_REPLIES = (
 
 def unavailable(exc: BaseException) -> BrokerUnavailable | None:
     """The `BrokerUnavailable` an exception from redis-py means, or None if it is a bug."""
-    if isinstance(exc, RedisConnectionError | RedisTimeoutError | TimeoutError | OSError):
+    # RedisClusterException ("cannot be connected": no node reachable) is not a RedisError.
+    if isinstance(
+        exc,
+        RedisConnectionError | RedisTimeoutError | TimeoutError | OSError | RedisClusterException,
+    ):
         return BrokerUnavailable(f"Redis is unreachable: {exc or type(exc).__name__}")
     if isinstance(exc, _UNAVAILABLE_ERRORS) or (
         isinstance(exc, ResponseError) and str(exc).startswith(_UNAVAILABLE_REPLIES)
