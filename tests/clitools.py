@@ -146,6 +146,15 @@ def descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
+def command_line(proc: psutil.Process) -> str:
+    """The process's command line, or "" once it has ended (a process can turn zombie between
+    any two looks at it: psutil then raises ZombieProcess, a NoSuchProcess)."""
+    try:
+        return " ".join(proc.cmdline())
+    except psutil.NoSuchProcess:
+        return ""
+
+
 def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
     """The ones still running (zombies count as gone)."""
     out = []

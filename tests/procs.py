@@ -74,6 +74,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """`settings` as the ``SPILLWAY_*`` variables a child process reads (list settings
     comma-separated, as users write them; API keys are left to each test)."""
     env = {}
-    for name, value in settings.model_dump(exclude_none=True, exclude={"api_keys"}).items():
+    keys = {"api_keys", "admin_keys"}
+    for name, value in settings.model_dump(exclude_none=True, exclude=keys).items():
         env[f"SPILLWAY_{name.upper()}"] = ",".join(value) if isinstance(value, list) else str(value)
     return env

@@ -4,12 +4,14 @@ enqueue_many, stats and replay."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
-from typing import cast
+from datetime import timedelta
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
-from tests.engine import Item, drain, own_server, stream_lengths
+from tests.engine import Item, drain, own_server, past_expiry, stream_lengths
 
 from spillway import (
     BacklogFull,
@@ -176,11 +178,11 @@ async def test_delayed_task_does_not_run_before_it_is_due(app: Spillway) -> None
     assert (await app.get(task_id)).status is TaskStatus.SUCCEEDED
 
 
-async def test_cancelled_task_never_runs_and_running_task_cannot_be_cancelled(
+async def test_cancelled_task_never_runs_and_a_running_one_is_stopped(
     app: Spillway, redis: aioredis.Redis
 ) -> None:
     started = asyncio.Event()
-    release = asyncio.Event()
+    stopped: list[BaseException] = []
     ran: list[int] = []
 
     @app.task
@@ -188,11 +190,16 @@ async def test_cancelled_task_never_runs_and_running_task_cannot_be_cancelled(
         ran.append(item.n)
         if item.n == 1:
             started.set()
-            await release.wait()
+            try:
+                await asyncio.Event().wait()  # only a cancel ends it
+            except asyncio.CancelledError as exc:
+                stopped.append(exc)
+                raise
 
     doomed = await app.enqueue("step", {"n": 0}, delay=0.3)
     record = await app.cancel(doomed)
     assert record.status is TaskStatus.CANCELLED
+    assert record.cancel_requested_at is None  # ended at once: nothing to stop
     with pytest.raises(TaskNotCancellable):
         await app.cancel(doomed)
 
@@ -200,11 +207,20 @@ async def test_cancelled_task_never_runs_and_running_task_cannot_be_cancelled(
     worker = Worker(app)
     run = asyncio.create_task(worker.run())
     await asyncio.wait_for(started.wait(), 5)
-    with pytest.raises(TaskNotCancellable) as refused:
+    with pytest.raises(TaskNotFound):  # another owner's running task: unknown, and unmarked
+        await app.cancel(running_id, owner="someone-else")
+    assert (await app.get(running_id)).cancel_requested_at is None
+    requested = await app.cancel(running_id)
+    assert requested.status is TaskStatus.RUNNING
+    assert requested.cancel_requested_at is not None
+    again = await app.cancel(running_id)  # asking twice is harmless, and keeps the first time
+    assert again.cancel_requested_at == requested.cancel_requested_at
+    ended = await app.wait(running_id, timeout=5)
+    assert ended.status is TaskStatus.CANCELLED
+    assert ended.result is None
+    assert len(stopped) == 1
+    with pytest.raises(TaskNotCancellable):
         await app.cancel(running_id)
-    assert refused.value.status == "running"
-    release.set()
-    await app.wait(running_id, timeout=5)
     worker.stop()
     await run
 
@@ -213,6 +229,7 @@ async def test_cancelled_task_never_runs_and_running_task_cannot_be_cancelled(
     assert ran == [1]
     assert (await app.get(doomed)).status is TaskStatus.CANCELLED
     assert await stream_lengths(app, redis) == 0
+    assert (await app.stats()).counts["step"] == {"cancelled": 2}
 
 
 async def test_cancelling_a_queued_task_wakes_its_waiters(app: Spillway) -> None:
@@ -379,7 +396,8 @@ async def test_replaying_an_unknown_id_costs_a_few_commands_however_many_dead_le
             await redis.aclose()
 
     assert costs[0] == costs[1]  # the same commands with 10 dead letters as with 5,000
-    assert sum(costs[1].values()) <= 4 * app.settings.shards
+    # One HGETALL and one SMEMBERS, then one HGET of the dead-letter index per lane and shard.
+    assert sum(costs[1].values()) <= 2 + len(app.lanes()) * app.settings.shards
     assert not [k for k in costs[1] if "range" in k or "scan" in k]  # no dead letter is read
 
 
@@ -396,3 +414,122 @@ async def test_a_malformed_id_is_refused_without_asking_redis(settings: Settings
             await redis.aclose()
 
     assert after == before
+
+
+# --- expiry --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("expires", [-1, 0, float("nan"), float("inf"), 367 * 86_400, "5", True])
+def test_a_bad_default_expiry_fails_at_decoration_time(app: Spillway, expires: object) -> None:
+    async def job(item: Item) -> None:
+        return None
+
+    with pytest.raises(ValueError, match="expires="):
+        app.task(expires=expires)(job)  # type: ignore[call-overload]
+    assert app.tasks == {}
+
+
+async def test_a_bad_or_shorter_than_delay_expiry_enqueues_nothing(
+    app: Spillway, redis: aioredis.Redis
+) -> None:
+    @app.task(expires=timedelta(seconds=30))
+    async def job(item: Item) -> None:
+        return None
+
+    for options in (
+        {"expires": -1},
+        {"expires": 0},
+        {"expires": float("nan")},
+        {"delay": 30},  # the type's default expiry is no longer than the delay
+        {"delay": 5, "expires": timedelta(seconds=5)},
+    ):
+        with pytest.raises(PayloadInvalid) as refused:
+            await app.enqueue("job", {"n": 1}, **options)
+        assert refused.value.errors[0]["loc"] == ["expires"], options
+    results = await app.enqueue_many([EnqueueItem("job", {"n": 1}, delay=60)])
+    assert isinstance(results[0].error, PayloadInvalid)
+    assert await stream_lengths(app, redis) == 0
+
+    # A task's own expiry replaces the type's default, and counts from the accept.
+    task_id = await app.enqueue("job", {"n": 1}, delay=40, expires=timedelta(minutes=1))
+    record = await app.get(task_id)
+    assert record.created_at is not None
+    assert record.expires_at is not None
+    assert (record.expires_at - record.created_at).total_seconds() == 60
+
+
+async def test_a_task_without_expiry_stores_no_expiry_field(
+    app: Spillway, redis: aioredis.Redis
+) -> None:
+    @app.task
+    async def job(item: Item) -> None:
+        return None
+
+    task_id = await app.enqueue("job", {"n": 1})
+    key = app.broker.keys.for_task(task_id).task(task_id)
+    assert "expires_at" not in await redis.hkeys(key)  # no Redis CPU spent on it
+    assert (await app.get(task_id)).expires_at is None
+
+
+async def test_an_idempotency_key_reused_with_another_expiry_is_a_conflict(app: Spillway) -> None:
+    @app.task
+    async def job(item: Item) -> None:
+        return None
+
+    first = await app.enqueue("job", {"n": 1}, idempotency_key="k", expires=60)
+    assert await app.enqueue("job", {"n": 1}, idempotency_key="k", expires=60) == first
+    with pytest.raises(IdempotencyConflict):
+        await app.enqueue("job", {"n": 1}, idempotency_key="k", expires=120)
+
+
+async def test_waiting_on_a_task_wakes_when_it_expires(app: Spillway) -> None:
+    @app.task
+    async def job(item: Item) -> None:
+        raise AssertionError("an expired task must not run")
+
+    task_id = await app.enqueue("job", {"n": 1}, expires=0.05)
+    waiter = asyncio.create_task(app.wait(task_id, timeout=30))
+    await past_expiry(app, task_id)
+    worker = Worker(app)
+    running = asyncio.create_task(worker.run())
+    try:
+        record = await asyncio.wait_for(waiter, 10)  # woken by begin's notice, not the timeout
+    finally:
+        worker.stop()
+        await running
+    assert record.status is TaskStatus.EXPIRED
+
+
+# --- retry classification ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "named"),
+    [
+        ("retry_on", 42, "retry_on=42: expected a tuple or list"),
+        ("retry_on", "ValueError", "retry_on='ValueError': expected a tuple or list"),
+        ("retry_on", (int,), "retry_on: <class 'int'> is not an exception class"),
+        ("no_retry_for", [ValueError, None], "no_retry_for: None is not an exception class"),
+        ("no_retry_for", int, "no_retry_for: <class 'int'> is not an exception class"),
+    ],
+)
+def test_a_bad_retry_classification_is_a_type_error_when_the_task_is_declared(
+    app: Spillway, option: str, value: Any, named: str
+) -> None:
+    with pytest.raises(TypeError, match=re.escape(named)):
+        app.task(**{option: value})  # before any handler is given, as expires= is
+    assert app.tasks == {}
+
+
+def test_retry_classification_takes_one_class_a_tuple_or_a_list(app: Spillway) -> None:
+    @app.task(retry_on=ConnectionError, no_retry_for=[ConnectionRefusedError])
+    def call(item: Item) -> None: ...
+
+    @app.task
+    def plain(item: Item) -> None: ...
+
+    assert (app.tasks["call"].retry_on, app.tasks["call"].no_retry_for) == (
+        (ConnectionError,), (ConnectionRefusedError,),
+    )  # fmt: skip
+    # The defaults: every Exception is retried, none is excluded.
+    assert (app.tasks["plain"].retry_on, app.tasks["plain"].no_retry_for) == ((Exception,), ())

@@ -6,6 +6,7 @@ import asyncio
 import signal
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import orjson
@@ -17,6 +18,7 @@ from tests.clitools import (
     Lines,
     alive,
     child_env,
+    command_line,
     descendants,
     finish,
     invoke,
@@ -26,9 +28,11 @@ from tests.clitools import (
     terminate,
     until,
 )
+from tests.engine import drain, past_expiry
 
 from spillway import Settings, Spillway, TaskStatus
 from spillway.cli import main
+from spillway.scheduler import Scheduler
 
 
 @pytest.fixture
@@ -136,6 +140,35 @@ async def test_stats_tables_show_queues_and_outcomes(cfg: Settings, app: Spillwa
     assert "succeeded" in result.output
 
 
+async def test_stats_list_the_schedules_workers_recorded(cfg: Settings, app: Spillway) -> None:
+    @app.cron("30 2 * * 1", name="weekly-digest", tz="Asia/Tokyo")
+    async def digest(payload: Any) -> None: ...
+
+    await Scheduler(app, app.schedules.values()).check()
+
+    result = await invoke(cfg, "stats")
+    assert result.exit_code == 0, result.output
+    assert "Schedules" in result.output
+    for shown in ("weekly-digest", "digest", "30 2 * * 1", "Asia/Tokyo"):
+        assert shown in result.output
+    figures = orjson.loads((await invoke(cfg, "stats", "--json")).output)
+    [listed] = figures["schedules"]
+    assert (listed["name"], listed["last_run"]) == ("weekly-digest", None)  # not due yet
+    assert listed["next_run"] is not None
+
+
+async def test_stats_count_the_tasks_that_expired_unrun(cfg: Settings, app: Spillway) -> None:
+    task_id = await app.enqueue("add", {"a": 1, "b": 2}, expires=0.05)
+    await past_expiry(app, task_id)
+    await drain(app)
+
+    figures = orjson.loads((await invoke(cfg, "stats", "--json")).output)
+    table = await invoke(cfg, "stats")
+
+    assert figures["counts"] == {"add": {"expired": 1}}
+    assert "expired" in table.output
+
+
 async def test_dead_letters_can_be_listed_replayed_and_purged(cfg: Settings, app: Spillway) -> None:
     ids = [await app.enqueue("boom", {}) for _ in range(3)]
     assert (await finish(spawn(cfg, "worker", APP, "--burst")))[0] == 0
@@ -230,7 +263,7 @@ async def test_dev_runs_redis_and_a_worker_and_stops_everything_on_sigterm() -> 
         lines = Lines(dev)
         await lines.wait_for("spillway dev is running")
         children = descendants(dev.pid)
-        names = [" ".join(p.cmdline()) for p in children]
+        names = [command_line(p) for p in children]
         assert any("redis-server" in n or "valkey-server" in n for n in names), names
         assert any("spillway worker spillway.example:app" in n for n in names), names
         if any("spillway api" in n for n in names):

@@ -9,7 +9,7 @@ import pytest
 from tests.apps import basic
 from tests.clitools import APP, finish, invoke, settings, spawn
 
-from spillway import Settings, Spillway, TaskStatus
+from spillway import Settings, Spillway, TaskStatus, views
 
 
 @pytest.fixture
@@ -65,3 +65,19 @@ async def test_task_log_lines_carry_id_type_and_attempt_but_no_payload(
     assert dead[0]["attempt"] == 1
     assert dead[0]["level"] == "error"
     assert "0.123456" not in out  # the payload is never logged
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("rediss://:p%40ss@cache:6380/0", "rediss://:***@cache:6380/0"),
+        (
+            "rediss://app:secret@cache:6380/0?ssl_ca_certs=/ca.pem",
+            "rediss://app:***@cache:6380/0?ssl_ca_certs=/ca.pem",
+        ),
+        ("redis+cluster://u:pw@a:7000,b:7001", "redis+cluster://u:***@a:7000,b:7001"),
+    ],
+)
+def test_a_redis_url_is_shown_without_its_password(url: str, shown: str) -> None:
+    assert views.masked(url) == shown

@@ -12,9 +12,10 @@ import time
 import pytest
 from redis.crc import key_slot
 from tests.embedded_cluster import EmbeddedCluster
+from tests.engine import past_expiry
 from tests.procs import output, settings_env, spawn_worker, stop
 
-from spillway import Settings, Spillway
+from spillway import Settings, Spillway, TaskStatus
 from spillway.errors import BrokerUnavailable
 
 
@@ -162,15 +163,18 @@ async def test_a_shard_moved_to_another_primary_mid_run_loses_nothing(
                 assert owner(cluster, stream) == target
                 assert moved > 100  # the stream, its records and counters went over mid-run
 
-                async def settled() -> bool:
-                    statuses = [
-                        (await app.broker.admin.get(i) or {}).get("status") for i in accepted
-                    ]
-                    return all(s == "succeeded" for s in statuses)
+                async def unsettled() -> dict[str, object]:
+                    records = {i: await app.broker.admin.get(i) or {} for i in accepted}
+                    return {i: r for i, r in records.items() if r.get("status") != "succeeded"}
 
                 deadline = time.monotonic() + 60
-                while not await settled():
-                    assert time.monotonic() < deadline, output(worker)[-3000:]
+                while left := await unsettled():
+                    if time.monotonic() > deadline:  # what is stuck, and where the stream is
+                        groups = await app.broker.client.execute_command("XINFO", "GROUPS", stream)
+                        raise AssertionError(
+                            f"{len(left)} unsettled, e.g. {list(left.items())[:3]}; "
+                            f"groups {groups}; worker:\n{output(worker)[-3000:]}"
+                        )
                     await asyncio.sleep(0.2)
             finally:
                 stop_producing.set()
@@ -181,3 +185,28 @@ async def test_a_shard_moved_to_another_primary_mid_run_loses_nothing(
             executions = {k: int(v) for k, v in (await app.broker.client.hgetall(
                 f"{key_prefix}:test:runs")).items()}  # fmt: skip
             assert set(executions) == set(accepted)
+
+
+async def test_tasks_past_their_expiry_on_every_shard_end_expired_unrun(
+    redis_cluster: EmbeddedCluster, key_prefix: str
+) -> None:
+    from spillway import Worker
+
+    app = Spillway(cluster_settings(redis_cluster, key_prefix))
+    ran: list[int] = []
+
+    @app.task(expires=0.05)
+    async def stale(payload: int) -> None:
+        ran.append(payload)
+
+    ids = [r.task_id for r in await app.enqueue_many([("stale", i) for i in range(30)])]
+    assert all(ids)
+    shards = {app.broker.keys.for_task(i).stream("default") for i in ids if i}
+    assert len({owner(redis_cluster, s) for s in shards}) == 3  # each primary expires some
+    await past_expiry(app, *[i for i in ids if i])
+    await asyncio.wait_for(Worker(app, burst=True).run(), 30)
+
+    assert ran == []
+    assert {(await app.get(i)).status for i in ids if i} == {TaskStatus.EXPIRED}
+    assert (await app.stats()).counts == {"stale": {"expired": 30}}
+    await app.close()

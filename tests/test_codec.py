@@ -6,9 +6,18 @@ from typing import Any
 
 import pytest
 from hypothesis import given
+from hypothesis import strategies as st
 from tests.security.spellings import with_duplicate, without_duplicate
 
-from spillway.codec import JSONError, check_duplicate_keys, loads
+from spillway.codec import (
+    ArrayItems,
+    ContainerLimit,
+    JSONError,
+    check_depth,
+    check_depth_in_steps,
+    check_duplicate_keys,
+    loads,
+)
 
 
 @pytest.mark.parametrize(
@@ -89,3 +98,50 @@ def test_an_escaped_backslash_before_u003a_is_no_colon() -> None:
     with pytest.raises(JSONError, match="duplicate key"):
         loads(b'{"a": 1, "a": 2, "b": "\\\\u003a"}')
     assert loads(b'{"a": "\\\\u003a", "b": "\\\\\\u003a"}') == {"a": "\\u003a", "b": "\\:"}
+
+
+_DEPTH_TEXT = st.lists(
+    st.sampled_from([b"[", b"]", b"{", b"}", b'"', b"\\", b"a", b",", b"\n", b'"[', b']"']),
+    max_size=60,
+).map(b"".join)
+
+
+@given(_DEPTH_TEXT, st.integers(0, 6), st.integers(1, 8))
+def test_the_depth_check_in_steps_answers_as_the_whole_check(
+    text: bytes, max_depth: int, step: int
+) -> None:
+    # Malformed text included: the answer decides between 422 (too deep) and 400 (malformed).
+    try:
+        check_depth(text, max_depth)
+    except JSONError:
+        whole = False
+    else:
+        whole = True
+    try:
+        for _ in check_depth_in_steps(text, max_depth, step):
+            pass
+    except JSONError:
+        in_steps = False
+    else:
+        in_steps = True
+    assert in_steps == whole
+
+
+@pytest.mark.parametrize("containers", [10, 99_999, 100_000])
+def test_array_items_finds_an_item_up_to_the_container_limit(containers: int) -> None:
+    item = b'{"a":[' + b",".join([b"[]"] * (containers - 2)) + b"]}"
+    body = b'{"tasks":[' + item + b',{"b":1}]}'
+    spans = ArrayItems("tasks", 32).items(body, 10, 1 << 20, max_containers=100_000)
+
+    assert spans is not None
+    assert [body[a:b] for a, b in spans] == [item, b'{"b":1}']
+
+
+def test_array_items_refuses_an_item_over_the_container_limit_without_matching_it_all() -> None:
+    item = b'{"a":[' + b",".join([b"[]"] * 300_000) + b"]}"
+    body = b'{"tasks":[' + item + b"]}"
+    spans = ArrayItems("tasks", 32).items(body, 10, 1 << 20, max_containers=100_000)
+
+    assert spans is not None
+    with pytest.raises(ContainerLimit, match="more than 100000 arrays and objects"):
+        list(spans)

@@ -6,17 +6,21 @@ import asyncio
 import base64
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from playwright.async_api import ConsoleMessage, Error, Page
 from tests.api.servers import ApiServer, drain
 from tests.browser import chromium
+from tests.engine import past_expiry
 
 from spillway import Spillway, TaskStatus
 from spillway.embedded import EmbeddedRedis
+from spillway.scheduler import Scheduler
 
-KEY = "dashboard-key"
+KEY = "dashboard-key"  # an admin key
+CLIENT_KEY = "client-key"
 BEARER = {"Authorization": f"Bearer {KEY}"}
 RESIZE = {"url": "https://example.com/a.png", "width": 2, "height": 3}
 
@@ -28,7 +32,8 @@ def basic(password: str) -> dict[str, str]:
 
 @pytest.fixture
 def server(redis_server: EmbeddedRedis, tmp_path: Path) -> Iterator[ApiServer]:
-    s = ApiServer(redis_server.url, {"SPILLWAY_API_KEYS": KEY}).start(tmp_path)
+    env = {"SPILLWAY_ADMIN_KEYS": KEY, "SPILLWAY_API_KEYS": CLIENT_KEY}
+    s = ApiServer(redis_server.url, env).start(tmp_path)
     try:
         yield s
     finally:
@@ -53,6 +58,10 @@ async def test_the_dashboard_asks_a_browser_for_the_api_key(http: httpx.AsyncCli
     assert anonymous.status_code == 401
     assert anonymous.headers["www-authenticate"].startswith("Basic ")
     assert (await http.get("/dashboard", headers=basic("wrong"))).status_code == 401
+    # A client key is a valid key, but not an admin's: no login prompt, a refusal.
+    refused = await http.get("/dashboard", headers=basic(CLIENT_KEY))
+    assert refused.status_code == 403
+    assert "www-authenticate" not in refused.headers
     page = await http.get("/dashboard", headers=basic(KEY))
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
@@ -133,14 +142,19 @@ async def test_the_dashboard_follows_tasks_and_replays_a_dead_letter(
         boom = await http.post(
             "/tasks", json={"type": "explode", "payload": {"message": "boom"}}, headers=BEARER
         )
-        assert [r.status_code for r in [*accepted, boom]] == [202] * 5
-        await text_of(page, "#backlog", "5")
+        stale = await http.post(
+            "/tasks", json={"type": "resize", "payload": RESIZE, "expires_s": 0.05}, headers=BEARER
+        )
+        assert [r.status_code for r in [*accepted, boom, stale]] == [202] * 6
+        await text_of(page, "#backlog", "6")
         assert await page.evaluate("Math.max(...window.spillwayDashboard.data.accepted)") > 0
 
+        await past_expiry(app, stale.json()["task_id"])
         await drain(app)
         await text_of(page, "#backlog", "0")
         await text_of(page, "#succeeded", "4")
         await text_of(page, "#dead", "1")
+        await text_of(page, "#expired", "1")
         await until(page, "() => Math.max(...window.spillwayDashboard.data.succeeded) > 0")
         task_id = boom.json()["task_id"]
         assert "boom" in await page.inner_text("#failures")
@@ -153,4 +167,80 @@ async def test_the_dashboard_follows_tasks_and_replays_a_dead_letter(
         await text_of(page, "#dead", "0")
         assert (await app.get(task_id)).status is TaskStatus.QUEUED
         await context.close()
+    assert problems == []
+
+
+async def test_the_dashboard_lists_the_schedules(server: ApiServer, app: Spillway) -> None:
+    @app.cron("*/5 * * * *", name="cache-warmer", tz="Europe/Paris")
+    async def warm(payload: Any) -> None: ...
+
+    await Scheduler(app, app.schedules.values()).check()  # as a worker's keeper does
+
+    async with chromium() as browser:
+        context = await browser.new_context(http_credentials={"username": "ops", "password": KEY})
+        page = await context.new_page()
+        problems = watched(page)
+        await page.goto(f"{server.url}/dashboard?interval=250")
+        await text_of(page, "#status", "live")
+        await until(page, "() => document.querySelector('#schedules td:not(.empty)') !== null")
+        cells = await page.eval_on_selector_all(
+            "#schedules tbody td", "cells => cells.map((c) => c.textContent)"
+        )
+        assert cells[:4] == ["cache-warmer", "warm", "*/5 * * * *", "Europe/Paris"]
+        assert cells[5].startswith(("in ", "due"))  # the next tick, at most five minutes off
+        await context.close()
+    assert problems == []
+
+
+def watched(page: Page) -> list[str]:
+    """The console errors and warnings, and the uncaught errors, of `page` from now on."""
+    problems: list[str] = []
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type in ("error", "warning"):
+            problems.append(f"console {message.type}: {message.text}")
+
+    def on_error(error: Error) -> None:
+        problems.append(f"page error: {error}")
+
+    page.on("console", on_console)
+    page.on("pageerror", on_error)
+    return problems
+
+
+@pytest.mark.slow
+async def test_the_dashboard_pauses_and_resumes_a_queue_and_cancels_in_bulk(
+    server: ApiServer, app: Spillway
+) -> None:
+    low = [await app.enqueue("resize", RESIZE, priority="low") for _ in range(3)]
+    kept = await app.enqueue("resize", RESIZE)
+
+    async with chromium() as browser:
+        context = await browser.new_context(http_credentials={"username": "ops", "password": KEY})
+        page = await context.new_page()
+        problems = watched(page)
+        page.on("dialog", lambda dialog: dialog.accept())  # the confirm() before cancelling
+        await page.goto(f"{server.url}/dashboard?interval=250")
+        await text_of(page, "#status", "live")
+
+        toggle = 'button.pause-toggle[data-queue="default"]'
+        await text_of(page, toggle, "Pause")
+        await page.click(toggle)
+        await text_of(page, "#paused-count", "(1 paused)")
+        await text_of(page, toggle, "Resume")
+        assert await app.paused() == ["default"]
+        await page.click(toggle)
+        await text_of(page, toggle, "Pause")
+        assert await app.paused() == []
+
+        await page.select_option("#cancel-queue", "default")
+        await page.select_option("#cancel-priority", "low")
+        await page.click("#cancel-count")
+        await text_of(page, "#cancel-message", "3 waiting task(s) match.")
+        assert {(await app.get(t)).status for t in low} == {TaskStatus.QUEUED}
+        await page.click("#cancel-run")  # asks first: the dialog is accepted
+        await text_of(page, "#cancel-message", "Cancelled 3 task(s).")
+        await context.close()
+    assert {(await app.get(t)).status for t in low} == {TaskStatus.CANCELLED}
+    assert (await app.get(kept)).status is TaskStatus.QUEUED
     assert problems == []

@@ -8,6 +8,7 @@ counts only add up if the multiprocess directory works); `spillway worker --proc
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
@@ -249,3 +250,72 @@ async def test_without_the_fast_path_counts_add_up_through_the_public_multiproce
         return value(figures, "spillway_tasks_succeeded_total", type="echo") == 20
 
     await until(all_run, timeout=30, what="the workers to count 20 tasks")
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """The local addresses sockets listen on at `port` (Linux: /proc/net/tcp and tcp6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            for row in list(rows)[1:]:
+                local, state = row.split()[1], row.split()[3]
+                address, _, hex_port = local.partition(":")
+                if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                    raw = bytes.fromhex(address)
+                    # The kernel writes each 32-bit word in host (little-endian) order.
+                    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+                    family = socket.AF_INET if len(raw) == 4 else socket.AF_INET6
+                    found.add(socket.inet_ntop(family, words))
+    return found
+
+
+@pytest.mark.slow
+async def test_the_worker_metrics_port_listens_on_loopback_and_wants_a_key_when_keys_are_set(
+    stack: Stack,
+) -> None:
+    env = stack.env | {
+        "SPILLWAY_API_KEYS": "client-key",
+        "SPILLWAY_ADMIN_KEYS": "scrape-key,other-key",
+    }
+    stack.procs.append(
+        spawn(env, "worker", APP, "--processes", "1", "--metrics-port", str(stack.worker_port))
+    )
+    url = f"http://127.0.0.1:{stack.worker_port}/metrics"
+
+    async def answering() -> bool:
+        try:
+            async with httpx.AsyncClient(timeout=1) as client:
+                await client.get(url)
+        except httpx.TransportError:
+            return False
+        return True
+
+    await until(answering, timeout=30, what=f"{url} to answer: {output(stack.procs[0])}")
+
+    assert _listening_addresses(stack.worker_port) == {"127.0.0.1"}
+    async with httpx.AsyncClient(timeout=5) as client:
+        anonymous = await client.get(url)
+        wrong = await client.get(url, headers={"Authorization": "Bearer nope"})
+        client_key = await client.get(url, headers={"Authorization": "Bearer client-key"})
+        bearer = await client.get(url, headers={"Authorization": "Bearer scrape-key"})
+        header = await client.get(url, headers={"X-API-Key": "other-key"})
+    assert anonymous.status_code == 401
+    assert anonymous.headers["www-authenticate"].startswith("Bearer")
+    assert wrong.status_code == 401
+    assert client_key.status_code == 401  # a valid key, but a client's: metrics are an admin's
+    assert b"scrape-key" not in anonymous.content + wrong.content
+    assert bearer.status_code == 200
+    assert bearer.headers["content-type"].startswith("text/plain")
+    assert header.status_code == 200
+
+
+@pytest.mark.slow
+async def test_the_worker_metrics_host_can_be_chosen(stack: Stack) -> None:
+    # Without keys the port is open, on the address asked for (every interface here).
+    env = stack.env | {"SPILLWAY_METRICS_HOST": "0.0.0.0"}  # noqa: S104 - what is tested
+    stack.procs.append(
+        spawn(env, "worker", APP, "--processes", "1", "--metrics-port", str(stack.worker_port))
+    )
+    await stack.wait_until_up(f"http://127.0.0.1:{stack.worker_port}/metrics")
+
+    assert _listening_addresses(stack.worker_port) == {"0.0.0.0"}  # noqa: S104

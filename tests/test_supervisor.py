@@ -15,6 +15,7 @@ from tests.apps import basic
 from tests.clitools import (
     APP,
     alive,
+    command_line,
     descendants,
     finish,
     reaped,
@@ -42,7 +43,7 @@ async def app(cfg: Settings) -> AsyncIterator[Spillway]:
 
 def _workers(pid: int) -> list[int]:
     """PIDs of the supervisor's worker children."""
-    return [p.pid for p in alive(descendants(pid)) if "worker" in " ".join(p.cmdline())]
+    return [p.pid for p in alive(descendants(pid)) if "worker" in command_line(p)]
 
 
 async def test_two_processes_in_burst_drain_everything_and_exit_0(

@@ -10,9 +10,9 @@ import time
 
 import pytest
 import redis.asyncio as aioredis
-from tests.engine import Item, drain, pending, read_everything, stream_lengths
+from tests.engine import Item, drain, past_expiry, pending, read_everything, stream_lengths
 
-from spillway import Settings, Spillway, TaskContext, TaskFailed, TaskStatus, Worker
+from spillway import Settings, Spillway, TaskContext, TaskFailed, TaskStatus, Worker, metrics
 from spillway.broker.keys import shard_of
 
 
@@ -253,3 +253,104 @@ async def test_a_task_whose_worker_vanished_is_reclaimed_by_another(
     assert record.status is TaskStatus.SUCCEEDED
     assert record.attempts == 2
     assert await pending(app, redis) == 0
+
+
+# --- expiry: a task not started by its deadline ends `expired`, unrun ----------------------------
+
+
+async def test_a_task_not_started_by_its_expiry_ends_expired_and_never_runs(
+    app: Spillway, redis: aioredis.Redis
+) -> None:
+    ran: list[int] = []
+
+    @app.task
+    async def job(item: Item) -> None:
+        ran.append(item.n)
+
+    stale = await app.enqueue("job", {"n": 1}, expires=0.05)
+    fresh = await app.enqueue("job", {"n": 2}, expires=60)
+    await past_expiry(app, stale)  # the surge: no worker reached it in time
+    await drain(app)
+
+    assert ran == [2]
+    record = await app.get(stale)
+    assert record.status is TaskStatus.EXPIRED
+    assert record.terminal
+    assert (record.attempts, record.started_at, record.result) == (0, None, None)
+    assert record.finished_at is not None
+    assert record.expires_at is not None
+    assert record.finished_at >= record.expires_at
+    assert (await app.get(fresh)).status is TaskStatus.SUCCEEDED
+    with pytest.raises(TaskFailed) as failed:
+        await app.result(stale, timeout=1)
+    assert failed.value.status == "expired"
+    stats = await app.stats()
+    assert stats.counts["job"] == {"succeeded": 1, "expired": 1}
+    assert (stats.queues[0].backlog, stats.queues[0].pending, stats.queues[0].dead) == (0, 0, 0)
+    exposed = metrics.render(stats).decode()
+    assert 'spillway_outcomes_stored_total{outcome="expired",type="job"} 1.0' in exposed
+    assert await stream_lengths(app, redis) == 0
+
+
+async def test_a_delayed_task_due_after_its_expiry_passed_ends_expired_unrun(
+    app: Spillway,
+) -> None:
+    ran: list[int] = []
+
+    @app.task
+    async def job(item: Item) -> None:
+        ran.append(item.n)
+
+    # The expiry counts from the accept, not from the due time: no worker ran while it was
+    # delayed, so by the time it is promoted its deadline has passed.
+    task_id = await app.enqueue("job", {"n": 1}, delay=0.02, expires=0.05)
+    await past_expiry(app, task_id)
+    await drain(app)
+
+    assert ran == []
+    assert (await app.get(task_id)).status is TaskStatus.EXPIRED
+
+
+async def test_a_task_that_started_in_time_is_retried_after_its_expiry_passed(
+    app: Spillway,
+) -> None:
+    attempts: list[int] = []
+
+    @app.task(max_retries=1, retry_base=0.7, retry_cap=0.7, retry_jitter=False, expires=0.5)
+    async def flaky(item: Item, ctx: TaskContext) -> str:
+        attempts.append(ctx.attempt)
+        if ctx.attempt == 1:
+            raise RuntimeError("once")
+        return "ok"
+
+    worker = Worker(app)
+    running = asyncio.create_task(worker.run())
+    try:
+        task_id = await app.enqueue("flaky", {"n": 1})  # read at once by the waiting worker
+        # The retry is due 0.7 s after the first attempt: past the 0.5 s expiry.
+        record = await app.wait(task_id, timeout=10)
+    finally:
+        worker.stop()
+        await running
+
+    assert attempts == [1, 2]
+    assert record.expires_at is not None
+    assert record.started_at is not None
+    assert record.started_at > record.expires_at  # the second attempt's start
+    assert record.status is TaskStatus.SUCCEEDED
+
+
+async def test_a_task_whose_worker_vanished_mid_run_is_not_expired_on_redelivery(
+    app: Spillway,
+) -> None:
+    @app.task(expires=0.5)
+    async def job(item: Item) -> int:
+        return item.n
+
+    task_id = await app.enqueue("job", {"n": 9})
+    await app.broker.work.begin(await read_everything(app, "ghost"))  # started, then vanished
+    await past_expiry(app, task_id)
+    await drain(app)  # reclaims after the 1 s visibility timeout
+
+    record = await app.get(task_id)
+    assert (record.status, record.attempts) == (TaskStatus.SUCCEEDED, 2)

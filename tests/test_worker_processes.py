@@ -149,3 +149,39 @@ async def test_sigterm_lets_running_tasks_finish_and_exits_zero(
     for task_id in later:
         assert (await app.get(task_id)).status is TaskStatus.QUEUED
     assert (await app.stats()).workers == []
+
+
+async def test_a_paused_queue_stays_paused_for_a_restarted_worker_until_resumed(
+    app: Spillway, worker_env: dict[str, str], redis: aioredis.Redis
+) -> None:
+    app = core_app(worker_env, app)
+    await app.pause("default")
+    ids = [await app.enqueue("count", {}) for _ in range(20)]
+    first = spawn_worker(worker_env, "--concurrency", "4")
+    await wait_until(lambda: _live(app, 1), describe=lambda: output(first))
+    kill(first)  # the pause is in Redis, not in a worker
+    second = spawn_worker(worker_env, "--concurrency", "4")
+    beats: set[float] = set()
+
+    async def beat_twice() -> bool:
+        for w in (await app.stats()).workers:
+            if w.pid == second.pid and w.last_seen is not None:
+                beats.add(w.last_seen.timestamp())
+        return len(beats) >= 2
+
+    try:
+        # Two heartbeats of the new worker: its readers have been running for a while.
+        await wait_until(beat_twice, describe=lambda: output(second))
+        assert await runs(redis, app.settings.prefix) == {}
+        assert {(await app.get(t)).status for t in ids} == {TaskStatus.QUEUED}
+
+        await app.resume("default")
+        for task_id in ids:
+            await app.wait(task_id, 20)
+    finally:
+        assert stop(second) == 0, output(second)
+    assert await runs(redis, app.settings.prefix) == dict.fromkeys(ids, 1)
+
+
+async def _live(app: Spillway, count: int) -> bool:
+    return len((await app.stats()).workers) >= count

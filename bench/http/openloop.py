@@ -19,7 +19,7 @@ from typing import cast
 
 import orjson
 
-__all__ = ["Answer", "offer"]
+__all__ = ["Answer", "offer", "take_response"]
 
 _TICK_S = 0.001  # requests due within the same millisecond go out together
 
@@ -32,6 +32,24 @@ class Answer:
     seconds: float
     status: int
     task_id: str | None
+
+
+def take_response(buffer: bytes) -> tuple[int, bytes, bytes] | None:
+    """The first whole HTTP/1.1 response in `buffer` (Content-Length framed): its status, its
+    body and what follows it; None until it has all arrived."""
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = buffer[:end].decode("latin-1").split("\r\n")
+    length = 0
+    for line in head[1:]:
+        name, _, value = line.partition(":")
+        if name.lower() == "content-length":
+            length = int(value)
+    if len(buffer) < end + 4 + length:
+        return None
+    status = int(head[0].split(" ", 2)[1])
+    return status, buffer[end + 4 : end + 4 + length], buffer[end + 4 + length :]
 
 
 class _Connection(asyncio.Protocol):
@@ -55,20 +73,10 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        end = self.buffer.find(b"\r\n\r\n")
-        if end < 0:
+        answer = take_response(self.buffer)
+        if answer is None:
             return
-        head = self.buffer[:end].decode("latin-1").split("\r\n")
-        length = 0
-        for line in head[1:]:
-            name, _, value = line.partition(":")
-            if name.lower() == "content-length":
-                length = int(value)
-        if len(self.buffer) < end + 4 + length:
-            return
-        body = self.buffer[end + 4 : end + 4 + length]
-        self.buffer = self.buffer[end + 4 + length :]
-        status = int(head[0].split(" ", 2)[1])
+        status, body, self.buffer = answer
         task_id = orjson.loads(body).get("task_id") if 200 <= status < 300 else None
         self.pool.answered(self, status, task_id)
 

@@ -11,11 +11,24 @@ from typing import Any
 import orjson
 import pydantic_core
 
-__all__ = ["ArrayItems", "JSONError", "check_depth", "check_duplicate_keys", "dumps", "loads"]
+__all__ = [
+    "ArrayItems",
+    "ContainerLimit",
+    "JSONError",
+    "check_depth",
+    "check_depth_in_steps",
+    "check_duplicate_keys",
+    "dumps",
+    "loads",
+]
 
 
 class JSONError(ValueError):
     """The bytes are not strict JSON, or the document nests deeper than allowed."""
+
+
+class ContainerLimit(JSONError):
+    """The document holds more arrays and objects than allowed (counted as ``[`` and ``{``)."""
 
 
 def loads(data: bytes | str, *, max_depth: int = 32) -> Any:
@@ -31,9 +44,6 @@ def loads(data: bytes | str, *, max_depth: int = 32) -> Any:
 
 
 _UNPARSED: Any = object()
-
-# A `\u003a` (a colon) that is an escape: after an even number of backslashes, any hex case.
-_ESCAPED_COLON = re.compile(rb"(?<!\\)(?:\\\\)*\\u003[aA]")
 
 
 def check_duplicate_keys(data: bytes | str, parsed: Any = _UNPARSED) -> None:
@@ -55,7 +65,7 @@ def check_duplicate_keys(data: bytes | str, parsed: Any = _UNPARSED) -> None:
             parsed = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise JSONError(str(exc)) from exc
-    escaped = len(_ESCAPED_COLON.findall(raw)) if b"\\u003" in raw else 0
+    escaped = _escaped_colons(raw) if b"\\u003" in raw else 0
     try:
         serialised = orjson.dumps(parsed)
     except orjson.JSONEncodeError:
@@ -63,6 +73,18 @@ def check_duplicate_keys(data: bytes | str, parsed: Any = _UNPARSED) -> None:
         return
     if raw.count(b":") + escaped != serialised.count(b":"):
         raise JSONError("duplicate key in a JSON object (a key named twice, in any spelling)")
+
+
+def _escaped_colons(raw: bytes) -> int:
+    """The `\\u003a` escapes (either hex case) in valid JSON text.
+
+    In valid JSON a backslash only starts an escape, so once the escaped backslashes (`\\\\`,
+    taken in pairs from the left of each run) are gone, every `\\u003a` left is one: counted at
+    C speed, where a look-behind pattern tried every byte (docs/benchmarks.md#large-json-bodies).
+    """
+    if b"\\\\" in raw:
+        raw = raw.replace(b"\\\\", b"")
+    return raw.count(b"\\u003a") + raw.count(b"\\u003A")
 
 
 def _check_pairs(raw: bytes) -> None:
@@ -93,6 +115,8 @@ def dumps(value: Any) -> str:
 
 # A JSON string, escapes included (the bytes strictly between its quotes are not `"` or `\`
 # unless escaped).
+# Items of a large array are first looked for this near: most are smaller.
+_NEAR = 64 * 1024
 _STRING_BODY = rb'"(?:[^"\\]++|\\.)*+"'
 _STRING = re.compile(_STRING_BODY)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
@@ -112,6 +136,36 @@ def check_depth(data: bytes | str, max_depth: int) -> None:
     deltas = _STRING.sub(b"", raw).translate(_DELTAS, _NOT_BRACKETS)
     if max(itertools.accumulate(memoryview(deltas).cast("b")), default=0) > max_depth:
         raise JSONError(f"JSON nests deeper than {max_depth} levels")
+
+
+# What the depth check may skip whole at once: text outside strings, and complete strings.
+_SEGMENT = re.compile(rb'(?:[^"]++|' + _STRING_BODY + rb")*+")
+
+
+def check_depth_in_steps(data: bytes, max_depth: int, step: int = 64 * 1024) -> Iterator[None]:
+    """`check_depth`, about `step` bytes at a time: yields between steps so that an async caller
+    can let the event loop run while a large body is checked.
+
+    Each window ends where `check_depth`'s one pass of `_STRING` over the whole text would be
+    between strings (after a complete string, or at a quote it cannot close, which it skips),
+    so the windows' bracket counts, run on from one to the next, are exactly its own.
+    """
+    if data.count(b"[") + data.count(b"{") <= max_depth:
+        return
+    depth = 0
+    pos, end = 0, len(data)
+    while pos < end:
+        segment = _SEGMENT.match(data, pos, pos + step)
+        stop = segment.end() if segment else pos
+        if stop == pos:  # at a quote whose string does not close within the window
+            string = _STRING.match(data, pos)
+            stop = pos + 1 if string is None else string.end()
+        deltas = _STRING.sub(b"", data[pos:stop]).translate(_DELTAS, _NOT_BRACKETS)
+        if max(itertools.accumulate(memoryview(deltas).cast("b"), initial=depth)) > max_depth:
+            raise JSONError(f"JSON nests deeper than {max_depth} levels")
+        depth += deltas.count(1) - deltas.count(0xFF)
+        pos = stop
+        yield
 
 
 def _container(depth: int) -> bytes:
@@ -139,20 +193,38 @@ class ArrayItems:
         self._item = re.compile(rb"\s*+" + item + rb"\s*+(?:,|(\]))")
         self._tail = re.compile(rb"\s*+\}\s*+")
 
-    def items(self, raw: bytes, max_items: int, max_item: int) -> Iterator[tuple[int, int]] | None:
+    def items(
+        self, raw: bytes, max_items: int, max_item: int, max_containers: int | None = None
+    ) -> Iterator[tuple[int, int]] | None:
         """The (start, end) of each item, up to one more than `max_items`; None if the body does
-        not open with the array."""
+        not open with the array. An item holding more than `max_containers` ``[`` and ``{`` is
+        `ContainerLimit`, found without matching more of it than that."""
         head = self._head.match(raw)
-        return None if head is None else self._spans(raw, head.end(), max_items, max_item)
+        if head is None:
+            return None
+        return self._spans(raw, head.end(), max_items, max_item, max_containers)
 
     def _spans(
-        self, raw: bytes, pos: int, max_items: int, max_item: int
+        self, raw: bytes, pos: int, max_items: int, max_item: int, max_containers: int | None
     ) -> Iterator[tuple[int, int]]:
         if raw[pos : pos + 1] == b"]":
             pos += 1
         else:
             for _ in range(max_items + 1):
-                found = self._item.match(raw, pos, min(len(raw), pos + max_item))
+                found = self._item.match(raw, pos, min(len(raw), pos + min(max_item, _NEAR)))
+                if found is None and max_item > _NEAR:
+                    # A large item (or a malformed one). The match costs time in proportion
+                    # to the containers it walks (27 ms for 350,000 in 1 MiB), so its window
+                    # ends where it holds more than the limit allows: an item that does not
+                    # close within it holds too many.
+                    end = min(len(raw), pos + max_item)
+                    crowded = max_containers is not None and _crowded(raw, pos, end, max_containers)
+                    found = self._item.match(raw, pos, crowded or end)
+                    if found is None and crowded:
+                        raise ContainerLimit(
+                            f"an item at byte {pos} holds more than {max_containers} arrays and "
+                            "objects"
+                        )
                 if found is None:
                     raise JSONError(
                         f"an item at byte {pos} is malformed, larger than {max_item} bytes "
@@ -166,3 +238,15 @@ class ArrayItems:
                 return  # the caller counts more items than it allows
         if self._tail.fullmatch(raw, pos) is None:
             raise JSONError(f"unexpected content after the array at byte {pos}")
+
+
+def _crowded(raw: bytes, start: int, end: int, limit: int) -> int:
+    """Where, in 64 KiB steps, `raw[start:end]` has held more than `limit` ``[`` and ``{``
+    (0 if it never does): a few calls at C speed, not a scan in Python."""
+    seen = 0
+    for step in range(start, end, _NEAR):
+        stop = min(end, step + _NEAR)
+        seen += raw.count(b"[", step, stop) + raw.count(b"{", step, stop)
+        if seen > limit:
+            return stop
+    return 0

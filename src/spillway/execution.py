@@ -4,11 +4,15 @@ The worker (`spillway.worker`) decides when a task runs and stores what this ret
 what a run is: the payload validated, the handler called under the task's timeout (a sync
 handler in the worker's thread pool), the result serialised, and a failure turned into a
 retry with backoff or, with no attempts left, a dead letter.
+
+A failure the task's ``retry_on``/``no_retry_for`` exclude is dead at once, as is a `Fail`;
+a `Retry` is retried after its own delay. Either kind of retry uses up an attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import time
@@ -18,9 +22,10 @@ from typing import Any
 
 from spillway.broker import Outcome, Started
 from spillway.codec import JSONError, dumps
-from spillway.errors import PayloadInvalid
-from spillway.retry import backoff_delay
-from spillway.tasks import TaskContext, TaskDef
+from spillway.errors import Fail, PayloadInvalid, Retry
+from spillway.lanes import parse_lane
+from spillway.retry import backoff_delay, not_retried
+from spillway.tasks import CancelSignal, TaskContext, TaskDef
 
 __all__ = ["execute"]
 
@@ -29,10 +34,17 @@ log = logging.getLogger("spillway.worker")
 _TRACEBACK_LIMIT = 4096
 
 
-async def execute(task: TaskDef | None, s: Started, executor: Executor | None) -> Outcome:
+async def execute(
+    task: TaskDef | None,
+    s: Started,
+    executor: Executor | None,
+    signal: CancelSignal | None = None,
+) -> Outcome:
     """Run one task under its timeout (a sync handler on `executor`); how it ended.
 
-    A failure with attempts left is a retry after `backoff_delay`; without, it is dead.
+    A failure with attempts left is a retry after `backoff_delay`; without, it is dead. Once
+    `signal` is requested the run is `cancelled`, however the handler then ends: an async
+    handler is cancelled where it awaits, a sync one may poll `TaskContext.cancelled`.
     """
     d = s.delivery
     if task is None:
@@ -48,43 +60,94 @@ async def execute(task: TaskDef | None, s: Started, executor: Executor | None) -
     except PayloadInvalid as exc:
         return Outcome(d, s.type, "dead", f"PayloadInvalid: {exc}", attempts=s.attempts)
     policy = s.policy
-    ctx = TaskContext(d.task_id, s.type, d.queue, s.attempts, policy.max_retries)
+    queue = parse_lane(d.queue).queue
+    ctx = TaskContext(d.task_id, s.type, queue, s.attempts, policy.max_retries, signal)
+    if ctx.cancelled:
+        return _cancelled(s)
     started = time.monotonic()
     try:
         async with asyncio.timeout(policy.timeout):
             if task.is_async:
-                result = await task.call(payload, ctx)
+                if signal is not None:
+                    signal.handler = asyncio.current_task()
+                try:
+                    result = await task.call(payload, ctx)
+                finally:
+                    if signal is not None:
+                        signal.handler = None
             else:
                 loop = asyncio.get_running_loop()
-                call = functools.partial(task.call, payload, ctx)
+                # In a copy of this context: the handler's own spans (and any context variable
+                # it reads) see the attempt's, as an async handler does.
+                call = functools.partial(contextvars.copy_context().run, task.call, payload, ctx)
                 result = await loop.run_in_executor(executor, call)
         value = dumps(result)
+    except asyncio.CancelledError:
+        if not ctx.cancelled:
+            raise  # the worker's shutdown: the delivery is handed back, not finished
+        # Our own cancellation (CancelSignal.request) ends here: the run task carries on to
+        # store the outcome, so it must not stay marked as being cancelled.
+        current = asyncio.current_task()
+        if current is not None:
+            current.uncancel()
+        return _cancelled(s)
     except TimeoutError as exc:
+        if ctx.cancelled:
+            return _cancelled(s)
         if time.monotonic() - started >= policy.timeout:
             limit = policy.timeout
             error = f"TimeoutError: the task ran longer than its timeout of {limit:g} s"
         else:
             error = _describe(exc)
-        return _failure(s, task.retry_jitter, error, exc)
-    except JSONError as exc:
-        return _failure(s, task.retry_jitter, f"ResultInvalid: {exc}", exc)
+        return _failure(s, task, error, exc)
     except Exception as exc:
-        return _failure(s, task.retry_jitter, _describe(exc), exc)
-    else:
-        return Outcome(d, s.type, "succeeded", value, attempts=s.attempts)
+        if ctx.cancelled:
+            return _cancelled(s)
+        if isinstance(exc, JSONError):
+            return _failure(s, task, f"ResultInvalid: {exc}", exc)
+        return _failure(s, task, _describe(exc), exc)
+    if ctx.cancelled:  # it returned after all (a sync handler that polled, or finished anyway)
+        return _cancelled(s)
+    return Outcome(d, s.type, "succeeded", value, attempts=s.attempts)
 
 
-def _failure(s: Started, jitter: bool, error: str, exc: BaseException) -> Outcome:
+def _cancelled(s: Started) -> Outcome:
+    log.info("task %s (%s) cancelled while running", s.delivery.task_id, s.type,
+             extra=_task_fields(s))  # fmt: skip
+    return Outcome(s.delivery, s.type, "cancelled", "", attempts=s.attempts)
+
+
+def _failure(s: Started, task: TaskDef, error: str, exc: BaseException) -> Outcome:
     d = s.delivery
     summary = "".join(traceback.format_exception(exc, limit=-8))[-_TRACEBACK_LIMIT:]
     policy = s.policy
+    # The handler's own Retry or Fail is obeyed whatever the classification says.
+    if isinstance(exc, Fail):
+        why: str | None = "Fail"
+    elif isinstance(exc, Retry):
+        why = None
+    else:
+        why = not_retried(exc, task.retry_on, task.no_retry_for)
+        if why is not None:
+            error = f"{error} (not retried: {why})"
+    if why is not None:
+        log.error(
+            "task %s (%s) dead on attempt %d, not retried (%s): %s", d.task_id, s.type,
+            s.attempts, why, error, extra=_task_fields(s),
+        )  # fmt: skip
+        return Outcome(d, s.type, "dead", error, summary, 0, s.attempts)
     if s.attempts <= policy.max_retries:
-        delay = backoff_delay(s.attempts, policy.base, policy.cap, jitter=jitter)
+        after = exc.after if isinstance(exc, Retry) else None
+        if after is None:
+            after = backoff_delay(s.attempts, policy.base, policy.cap, jitter=task.retry_jitter)
         log.warning(
             "task %s (%s) attempt %d failed, retrying in %.2fs: %s",
-            d.task_id, s.type, s.attempts, delay, error, extra=_task_fields(s),
+            d.task_id, s.type, s.attempts, after, error, extra=_task_fields(s),
         )  # fmt: skip
-        return Outcome(d, s.type, "retry", error, summary, int(delay * 1000), s.attempts)
+        return Outcome(d, s.type, "retry", error, summary, int(after * 1000), s.attempts)
+    if isinstance(exc, Retry):
+        # "Retry: retry after 2 s" alone would read as if the task were still waiting.
+        error = f"{error} (no retries left)"
     log.error(
         "task %s (%s) dead after %d attempts: %s", d.task_id, s.type, s.attempts, error,
         extra=_task_fields(s),

@@ -18,8 +18,9 @@ Two kinds of figures, from two places:
   instance reports the same fleet-wide values: aggregate them with ``max``, not ``sum``.
 
 Worker events reach Prometheus through the worker's own endpoint (`spillway worker
---metrics-port PORT`, served by the supervisor for all its processes), pulled like any other
-target; under `spillway dev` the API and the worker share one directory, so ``/metrics`` and
+--metrics-port PORT`, served by the supervisor for all its processes; on loopback unless
+``--metrics-host`` says otherwise, and with a key when API keys are set), pulled like any
+other target; under `spillway dev` the API and the worker share one directory, so ``/metrics`` and
 the dashboard of the API show both.
 """
 
@@ -29,10 +30,14 @@ import contextlib
 import os
 import re
 import shutil
+import socket
 import tempfile
+import threading
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -40,20 +45,23 @@ from prometheus_client import (
     Counter,
     Histogram,
     generate_latest,
-    start_http_server,
+    make_wsgi_app,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from spillway import prometheus_multiproc
+from spillway.lanes import parse_lane
 from spillway.records import Stats
 
 __all__ = [
     "CONTENT_TYPE",
     "MULTIPROC_ENV",
+    "Admit",
     "HistogramSnapshot",
     "accept_answered",
+    "callback_delivered",
     "histograms",
     "private_multiproc_dir",
     "render",
@@ -76,7 +84,9 @@ _RUN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.
                 30.0, 60.0, 300.0)  # fmt: skip
 _WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
                  3600.0)  # fmt: skip
-_OUTCOMES = {"succeeded": "succeeded", "retry": "retried", "dead": "dead_lettered"}
+_OUTCOMES = {
+    "succeeded": "succeeded", "retry": "retried", "dead": "dead_lettered", "cancelled": "cancelled",
+}  # fmt: skip
 
 
 class _Metrics:
@@ -134,6 +144,13 @@ class _Metrics:
             "Seconds from acceptance to the first attempt's start (requested delays included).",
             ["type"],
             buckets=_WAIT_BUCKETS,
+            registry=r,
+        )
+        self.callbacks = Counter(
+            "spillway_callback_deliveries",
+            "Completion webhook deliveries tried, by outcome: delivered (a 2xx), retry (to be "
+            "tried again) or failed (retries ran out, or the URL is refused).",
+            ["outcome"],
             registry=r,
         )
         self.children: dict[tuple[str, str], Any] = {}
@@ -205,13 +222,19 @@ async def timed_run(task_type: str, attempt: int, created_at_ms: int, run: Await
 
 
 def task_finished(task_type: str, kind: str) -> None:
-    """A run's outcome was stored: `kind` is succeeded, retry or dead."""
+    """A run's outcome was stored: `kind` is succeeded, retry, dead or cancelled."""
     m = _metrics()
     counter = m.outcomes.get(kind)
     if counter is not None:
         m.child(counter, kind, task_type).inc()
-    if kind != "succeeded":
+    if kind in ("retry", "dead"):
         m.child(m.failed, "failed", task_type).inc()
+
+
+def callback_delivered(outcome: str) -> None:
+    """One webhook delivery was tried and settled: delivered, retry or failed."""
+    m = _metrics()
+    m.child(m.callbacks, "callback", outcome).inc()
 
 
 # --- exposing -----------------------------------------------------------------------------------
@@ -252,6 +275,25 @@ class _StateCollector(Collector):
             for q in s.queues:
                 family.add_metric([q.queue], getattr(q, field))
             yield family
+        paused = GaugeMetricFamily(
+            "spillway_queue_paused",
+            "1 if an operator paused the queue: it accepts tasks, workers start none.",
+            labels=["queue"],
+        )
+        for queue in sorted({parse_lane(q.queue).queue for q in s.queues} | set(s.paused)):
+            paused.add_metric([queue], 1 if queue in s.paused else 0)
+        yield paused
+        for name, help_text, value in (
+            ("spillway_limit_running", "Runs of a limited type under way (slots held).", "running"),
+            ("spillway_limit_waiting", "Tasks of a limited type waiting for a slot.", "waiting"),
+            ("spillway_limit_concurrency", "A limited type's concurrency limit.", "concurrency"),
+        ):
+            family = GaugeMetricFamily(name, help_text, labels=["type"])
+            for limit in s.limits:
+                figure = getattr(limit, value)
+                if figure is not None:
+                    family.add_metric([limit.type], figure)
+            yield family
         live = GaugeMetricFamily("spillway_workers_live", "Workers with a recent heartbeat.")
         live.add_metric([], len(s.workers))
         yield live
@@ -279,9 +321,68 @@ def render(stats: Stats | None) -> bytes:
     return generate_latest(_source()) + generate_latest(state)
 
 
-def serve(port: int, host: str = "0.0.0.0") -> None:  # noqa: S104 - a scrape target
-    """Serve ``/metrics`` of this process (or its multiprocess directory) from a thread."""
-    start_http_server(port, host, registry=_source())
+#: Whether a scrape may read the metrics, given its request headers (lowercase names).
+Admit = Callable[[list[tuple[bytes, bytes]]], bool]
+
+_REFUSED = (
+    b'{"type":"urn:spillway:problem:unauthorized","title":"Unauthorized","status":401,'
+    b'"detail":"an API key is required"}'
+)
+
+
+def serve(port: int, host: str = "127.0.0.1", admit: Admit | None = None) -> WSGIServer:
+    """Serve the metrics of this process (or its multiprocess directory) from a thread,
+    on loopback unless `host` says otherwise; with `admit`, a scrape it refuses gets 401.
+
+    prometheus-client's own ``start_http_server`` has no way to refuse a request, so its
+    public WSGI application is served here, behind `admit`.
+    """
+    metrics_app = make_wsgi_app(_source())
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        if admit is not None and not admit(_headers(environ)):
+            start_response(
+                "401 Unauthorized",
+                [
+                    ("Content-Type", "application/problem+json"),
+                    ("WWW-Authenticate", 'Bearer realm="spillway"'),
+                ],
+            )
+            return [_REFUSED]
+        answer: Iterable[bytes] = metrics_app(environ, start_response)
+        return answer
+
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    server_class = _MetricsServer6 if family == socket.AF_INET6 else _MetricsServer
+    server = make_server(host, port, app, server_class, _QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
+
+
+class _MetricsServer(ThreadingMixIn, WSGIServer):
+    """One thread per scrape, none of which keeps the process alive."""
+
+    daemon_threads = True
+
+
+class _MetricsServer6(_MetricsServer):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No line on stderr per scrape."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _headers(environ: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+    """A WSGI request's headers as ASGI spells them (what `spillway.api.auth` reads)."""
+    return [
+        (name[5:].lower().replace("_", "-").encode("latin-1"), value.encode("latin-1"))
+        for name, value in environ.items()
+        if name.startswith("HTTP_") and isinstance(value, str)
+    ]
 
 
 @contextlib.contextmanager

@@ -5,18 +5,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict
 
+from spillway.lanes import parse_lane
 from spillway.retry import RetryPolicy
 
 __all__ = [
     "TERMINAL",
+    "Callback",
+    "CallbackStats",
     "DeadTask",
     "EnqueueResult",
+    "QueueEvent",
     "QueueStats",
+    "ScheduleStats",
     "Stats",
     "TaskRecord",
     "TaskStatus",
@@ -24,11 +29,13 @@ __all__ = [
     "WorkerInfo",
     "count",
     "from_ms",
+    "resource",
 ]
 
 
 class TaskStatus(StrEnum):
-    """Where a task is in its life. `failed` means a retry is pending; the others are final."""
+    """Where a task is in its life. `queued`, `running` and `failed` (a retry is pending) are
+    on the way; the others are final. `expired`: not started by its expiry, so never run."""
 
     QUEUED = "queued"
     RUNNING = "running"
@@ -36,13 +43,16 @@ class TaskStatus(StrEnum):
     FAILED = "failed"
     DEAD = "dead"
     CANCELLED = "cancelled"
+    EXPIRED = "expired"
 
     @property
     def terminal(self) -> bool:
         return self in TERMINAL
 
 
-TERMINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.DEAD, TaskStatus.CANCELLED})
+TERMINAL = frozenset(
+    {TaskStatus.SUCCEEDED, TaskStatus.DEAD, TaskStatus.CANCELLED, TaskStatus.EXPIRED}
+)
 
 
 def from_ms(value: str | bytes | None) -> datetime | None:
@@ -92,6 +102,39 @@ class _Fields:
             raise Unreadable(name, what) from None
 
 
+class Callback(BaseModel):
+    """A task's completion webhook and how its delivery went (spillway.deliverer)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    url: str
+    #: pending (the task runs, or its delivery is being tried), delivered, or failed (retried
+    #: for SPILLWAY_CALLBACK_RETRY_FOR without an answer in 2xx).
+    status: Literal["pending", "delivered", "failed"] = "pending"
+    attempts: int = 0
+    last_error: str | None = None
+    last_attempt_at: datetime | None = None
+
+    @classmethod
+    def from_fields(cls, f: _Fields) -> Callback | None:
+        url = f.raw.get("callback")
+        if not url:
+            return None
+        return cls(
+            url=url,
+            status=f.parse("callback_status", _callback_status, "pending"),
+            attempts=f.parse("callback_attempts", count, "0"),
+            last_error=f.raw.get("callback_error") or None,
+            last_attempt_at=f.parse("callback_at", from_ms),
+        )
+
+
+def _callback_status(value: str) -> str:
+    if value not in ("pending", "delivered", "failed"):
+        raise ValueError(value)
+    return value
+
+
 class TaskRecord(BaseModel):
     """The status record of one task, as stored in Redis."""
 
@@ -111,6 +154,10 @@ class TaskRecord(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     due_at: datetime | None = None
+    expires_at: datetime | None = None  # not started by then: expired (None: never)
+    #: When a cancel reached it while it ran (it ends `cancelled` once its run stops).
+    cancel_requested_at: datetime | None = None
+    callback: Callback | None = None
 
     @property
     def terminal(self) -> bool:
@@ -138,6 +185,9 @@ class TaskRecord(BaseModel):
             started_at=f.parse("started_at", from_ms),
             finished_at=f.parse("finished_at", from_ms),
             due_at=f.parse("due_at", from_ms),
+            expires_at=f.parse("expires_at", from_ms),
+            cancel_requested_at=f.parse("cancel_requested_at", from_ms),
+            callback=Callback.from_fields(f),
         )
 
 
@@ -231,6 +281,46 @@ class QueueStats(BaseModel):
     dead: int  # entries in the dead-letter streams
 
 
+class LimitStats(BaseModel):
+    """A limited task type's slots now, across every worker, and its tasks waiting for one."""
+
+    model_config = ConfigDict(frozen=True)
+
+    type: str
+    concurrency: int | None  # the limit; None: a rate limit only
+    rate_limit: str | None  # as "COUNT/PERIODs"
+    running: int  # slots held now
+    waiting: int  # tasks in the type's lanes not yet delivered to a worker
+
+
+class CallbackStats(BaseModel):
+    """Completion webhooks over every shard: waiting for a delivery, and the tries so far."""
+
+    model_config = ConfigDict(frozen=True)
+
+    due: int = 0  # waiting: due now, or later after a failed try
+    delivered: int = 0
+    retried: int = 0  # tries that failed with time left to try again
+    failed: int = 0  # given up on (retry window over, or the URL refused)
+
+
+class ScheduleStats(BaseModel):
+    """A schedule as the workers that run it recorded it (`spillway.broker.schedules`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    type: str  # the task type it enqueues
+    queue: str
+    spec: str  # the cron expression, or "every 300s"
+    tz: str
+    catch_up: str
+    last_run: datetime | None  # the newest tick it enqueued a task for
+    last_task: str | None  # that task's id
+    next_run: datetime | None  # the next tick, as of the last check
+    checked_at: datetime  # a worker's last check
+
+
 class Stats(BaseModel):
     """What `spillway stats` and ``GET /stats`` show."""
 
@@ -239,6 +329,10 @@ class Stats(BaseModel):
     queues: list[QueueStats]
     workers: list[WorkerInfo]
     counts: dict[str, dict[str, int]]  # task type -> outcome -> count
+    limits: list[LimitStats] = []
+    paused: list[str] = []  # queues an operator paused: accepting, but none of their tasks start
+    schedules: list[ScheduleStats] = []
+    callbacks: CallbackStats = CallbackStats()
 
 
 # Not frozen: the accept path builds one per task (docs/benchmarks.md#accept-request-objects).
@@ -253,3 +347,60 @@ class EnqueueResult:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueEvent:
+    """A task's new status in a followed queue (`Spillway.queue_events`), or, with `gap`
+    true, the notice that changes were missed: the feeds no longer held the position the
+    follower came back from (`spillway.feed`). `event_id` resumes the stream after it."""
+
+    event_id: str
+    gap: bool = False
+    task_id: str = ""
+    queue: str = ""
+    priority: str = "default"
+    task_type: str = ""
+    status: TaskStatus | None = None
+    attempts: int = 0
+    at: datetime | None = None
+
+    def doc(self) -> dict[str, Any]:
+        """The event as `GET /queues/{name}/events` sends it."""
+        if self.gap:
+            return {"gap": True, "detail": "changes were missed: the feed no longer holds "
+                    "the position resumed from"}  # fmt: skip
+        return {
+            "task_id": self.task_id,
+            "queue": self.queue,
+            "priority": self.priority,
+            "type": self.task_type,
+            "status": self.status,
+            "attempts": self.attempts,
+            "at": self.at,
+        }
+
+
+def resource(record: TaskRecord, root_path: str = "") -> dict[str, Any]:
+    """The status resource of a task, as `GET /tasks/{id}` answers it and its webhook sends it
+    (payload and traceback stay server-side)."""
+    lane = parse_lane(record.queue)
+    return {
+        "id": record.id,
+        "type": record.type,
+        "queue": lane.queue,
+        "priority": lane.priority,
+        "status": record.status.value,
+        "attempts": record.attempts,
+        "max_retries": record.max_retries,
+        "result": record.result,
+        "error": record.error,
+        "created_at": record.created_at,
+        "started_at": record.started_at,
+        "finished_at": record.finished_at,
+        "due_at": record.due_at,
+        "expires_at": record.expires_at,
+        "cancel_requested_at": record.cancel_requested_at,
+        "callback": None if record.callback is None else record.callback.model_dump(),
+        "links": {"self": f"{root_path}/tasks/{record.id}"},
+    }

@@ -4,13 +4,29 @@ The policy travels with each task in one record field, ``'max_retries|timeout|ba
 `RetryPolicy.text` and `RetryPolicy.decode` are the only Python that writes or reads that
 text. Of the Lua scripts only ``begin.lua`` reads it (the attempt limit, its first part);
 the others copy it whole.
+
+Which failures are retried at all (a task's ``retry_on`` and ``no_retry_for``) is decided
+by the worker from the task's declaration, not stored: exception classes do not travel
+through Redis, and every worker imports the handler anyway. `exception_classes` checks
+those options when a task is declared; `not_retried` applies them to a failure.
 """
 
 from __future__ import annotations
 
 import random
 
-__all__ = ["RetryPolicy", "backoff_delay"]
+__all__ = [
+    "ExceptionClasses",
+    "ExceptionTypes",
+    "RetryPolicy",
+    "backoff_delay",
+    "exception_classes",
+    "not_retried",
+]
+
+ExceptionClasses = tuple[type[BaseException], ...]
+# What `retry_on` and `no_retry_for` accept, as `except` and `isinstance` do, plus a list.
+ExceptionTypes = type[BaseException] | tuple[type[BaseException], ...] | list[type[BaseException]]
 
 _rng = random.SystemRandom()
 # The longest timeout or backoff a stored policy may hold (about 31 years): past it, due times
@@ -79,3 +95,33 @@ def backoff_delay(attempt: int, base: float, cap: float, *, jitter: bool = True)
     # The exponent is bounded: 2.0 ** 1024 overflows, and a long retry budget may get there.
     ceiling = min(cap, base * 2.0 ** min(max(0, attempt - 1), 64))
     return _rng.uniform(0, ceiling) if jitter else ceiling
+
+
+def exception_classes(option: str, value: object) -> ExceptionClasses:
+    """`value` (one exception class, or a tuple or list of them) as a tuple.
+
+    A `TypeError` names `option` and the bad value, so a mistake surfaces when the task is
+    declared, not at its first failure in a worker.
+    """
+    items = (value,) if isinstance(value, type) else value
+    # A string is a sequence too: retry_on="ValueError" must not become ("V", "a", ...).
+    if not isinstance(items, tuple | list):
+        raise TypeError(f"{option}={value!r}: expected a tuple or list of exception classes")
+    for item in items:
+        if not (isinstance(item, type) and issubclass(item, BaseException)):
+            raise TypeError(f"{option}: {item!r} is not an exception class (a BaseException)")
+    return tuple(items)
+
+
+def not_retried(
+    exc: BaseException, retry_on: ExceptionClasses, no_retry_for: ExceptionClasses
+) -> str | None:
+    """Why a failure goes to the dead letters at once, or None if it may be retried.
+
+    ``no_retry_for`` is checked first, so it wins over a broader ``retry_on``.
+    """
+    if isinstance(exc, no_retry_for):
+        return "no_retry_for"
+    if not isinstance(exc, retry_on):
+        return "not in retry_on"
+    return None

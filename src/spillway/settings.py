@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -46,7 +47,90 @@ class Settings(BaseSettings):
     # Accept-side limits.
     max_payload_bytes: int = Field(default=1_048_576, ge=64)
     max_json_depth: int = Field(default=32, ge=1, le=256)
+    max_json_containers: int = Field(
+        default=100_000,
+        ge=1,
+        description=(
+            "Arrays and objects one task's JSON may hold (counted as its `[` and `{`); then"
+            " 422. Bounds how long parsing one task holds the event loop."
+        ),
+    )
+    # Callers sharing a queue (docs/architecture.md#callers).
+    fair_callers: bool = Field(
+        default=False,
+        description=(
+            "Workers start the waiting tasks of a lane's callers in turn (round-robin), so one"
+            " caller's flood does not delay another's task."
+        ),
+    )
+    caller_quota: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description=(
+            "Fraction of BACKLOG_LIMIT one caller's waiting tasks may hold in a lane; over it,"
+            " 429 for that caller only. 1: no quota."
+        ),
+    )
+    tenant_header: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9-]{1,64}$",
+        description=(
+            "Header naming the caller (set by a trusted gateway); unset: the API key is the"
+            " caller. Read only with FAIR_CALLERS or a CALLER_QUOTA."
+        ),
+    )
+    # Pacing refused clients (docs/architecture.md#retry-after).
+    retry_after_min: float = Field(
+        default=1.0, ge=1, le=3600, description="Shortest Retry-After a 429 advises (seconds)."
+    )
+    retry_after_max: float = Field(
+        default=60.0,
+        ge=1,
+        le=3600,
+        description="Longest Retry-After a 429 (or a 202 above SLOW_DOWN_AT) advises (seconds).",
+    )
+    retry_after_jitter: float = Field(
+        default=0.5,
+        ge=0,
+        lt=1,
+        description="Each Retry-After is drawn from its value times 1 +- this, within the bounds.",
+    )
+    slow_down_at: float = Field(
+        default=0.8,
+        gt=0,
+        le=1,
+        description=(
+            "Fraction of the backlog limit above which 202s carry an advisory Retry-After, and"
+            " which a refused client's Retry-After lets the backlog drain back to."
+        ),
+    )
+    drain_sample_interval: float = Field(
+        default=1.0, gt=0, le=60, description="Seconds between the API's drain-rate samples."
+    )
+    drain_halflife: float = Field(
+        default=5.0, gt=0, description="Half-life (seconds) of the drain rate's moving average."
+    )
+
+    @property
+    def tracks_callers(self) -> bool:
+        """Whether tasks are held per caller (fairness or a quota is on)."""
+        return self.fair_callers or self.caller_quota < 1
+
+    @model_validator(mode="after")
+    def _retry_after_bounds_in_order(self) -> Settings:
+        if self.retry_after_min > self.retry_after_max:
+            raise ValueError("retry_after_min must not be larger than retry_after_max")
+        return self
+
     check_eviction_policy: bool = True
+    tracing: bool = Field(
+        default=True,
+        description=(
+            "Emit OpenTelemetry spans (send, process, wait) when the otel extra is installed and"
+            " a tracer provider is configured; false: never, even then (docs/tracing.md)."
+        ),
+    )
     fast_path: bool = Field(
         default=True,
         description=(
@@ -68,10 +152,47 @@ class Settings(BaseSettings):
             raise ValueError("wait_timeout must be shorter than 80 % of redis_timeout")
         return self
 
+    # Completion webhooks (spillway.webhooks, spillway.deliverer).
+    callback_secret: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Key that signs each completion webhook (Spillway-Signature: HMAC-SHA256 over the"
+            " timestamp and body). Unset: deliveries go unsigned (a warning at the first)."
+        ),
+    )
+    callback_allow_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Networks (comma-separated CIDRs, e.g. 10.1.0.0/16) a callback URL may reach"
+            " although they are private, loopback or link-local (refused otherwise)."
+        ),
+    )
+    callback_timeout: float = Field(
+        default=10.0, gt=0, le=60, description="Seconds one webhook delivery may take."
+    )
+    callback_retry_for: float = Field(
+        default=3600.0,
+        gt=0,
+        description=(
+            "Seconds a failing webhook is retried (with backoff and jitter) after the task"
+            " ended; then it is recorded as failed."
+        ),
+    )
+
     # HTTP API.
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
-        description="API keys (comma-separated in the environment); empty: no authentication.",
+        description=(
+            "Client API keys (comma-separated): each submits tasks and reads, waits for and"
+            " cancels its own. No keys at all (this nor `admin_keys`): no authentication."
+        ),
+    )
+    admin_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Admin API keys (comma-separated): also every task, the dead letters, stats,"
+            " metrics and the dashboard."
+        ),
     )
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -89,19 +210,37 @@ class Settings(BaseSettings):
         default=30.0,
         gt=0,
         description=(
-            "Seconds the rest of a request body over 64 KiB may take to arrive, and the longest"
-            " a body of any size may pause; then 408."
+            "Seconds a request body of any size may take to arrive after its head (time the"
+            " server holds it back, not reading yet, does not count); then 408 and the"
+            " connection is closed."
         ),
     )
     head_timeout: float = Field(
         default=10.0,
         gt=0,
-        description="Seconds a request's line and headers may take to arrive; then 408.",
+        description=(
+            "Seconds a request's line and headers may take to arrive (on the fast protocol);"
+            " then 408."
+        ),
     )
 
-    @field_validator("api_keys", "allowed_hosts", mode="before")
+    @field_validator(
+        "api_keys", "admin_keys", "allowed_hosts", "callback_allow_networks", mode="before"
+    )
     @classmethod
     def _split_lists(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
+
+    @field_validator("callback_allow_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            ipaddress.ip_network(network, strict=False)  # ValueError names a bad one
+        return value
+
+    @property
+    def callback_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """`callback_allow_networks`, parsed."""
+        return [ipaddress.ip_network(n, strict=False) for n in self.callback_allow_networks]

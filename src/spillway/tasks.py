@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import typing
 from collections.abc import Awaitable, Callable
@@ -13,11 +14,35 @@ from pydantic import TypeAdapter, ValidationError
 
 from spillway.codec import dumps
 from spillway.errors import PayloadInvalid
-from spillway.retry import RetryPolicy
+from spillway.lanes import PRIORITIES, Priority, lane_name
+from spillway.limits import TypeLimits
+from spillway.retry import ExceptionClasses, RetryPolicy, exception_classes
 
-__all__ = ["TaskContext", "TaskDef"]
+__all__ = ["CancelSignal", "TaskContext", "TaskDef"]
 
 Handler = Callable[..., Any]
+
+
+class CancelSignal:
+    """The worker's side of one run's cancellation: set once, when a cancel of the running
+    task reaches the worker; read by the handler through `TaskContext.cancelled` (from any
+    thread: a plain attribute, so polling it costs nothing)."""
+
+    __slots__ = ("handler", "requested")
+
+    def __init__(self) -> None:
+        self.requested = False
+        #: The asyncio task awaiting an async handler right now (cancelled on request), if any.
+        self.handler: asyncio.Task[Any] | None = None
+
+    def request(self) -> bool:
+        """Ask the run to stop: cancels an async handler that is running; False if asked before."""
+        if self.requested:
+            return False
+        self.requested = True
+        if self.handler is not None:
+            self.handler.cancel("spillway: the task was cancelled")
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,10 +54,18 @@ class TaskContext:
     queue: str
     attempt: int
     max_retries: int
+    # Private: set by the worker that runs the task; handlers read `cancelled`.
+    _signal: CancelSignal | None = field(default=None, repr=False, compare=False)
 
     @property
     def last_attempt(self) -> bool:
         return self.attempt > self.max_retries
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the task was cancelled while it ran: a sync handler should poll this and
+        return early (an async handler is cancelled for it: it sees `CancelledError`)."""
+        return self._signal is not None and self._signal.requested
 
 
 @dataclass(slots=True)
@@ -48,6 +81,24 @@ class TaskDef:
     wants_context: bool
     is_async: bool
     adapter: TypeAdapter[Any] = field(repr=False)
+    #: The priority of its tasks unless an enqueue names another.
+    priority: Priority = "default"
+    #: Its concurrency and rate limits across every worker; None: unlimited.
+    limits: TypeLimits | None = None
+
+    #: The lane of its tasks by priority, None for its own (filled by `build`).
+    lanes: dict[str | None, str] = field(default_factory=dict, repr=False)
+
+    def lane(self, priority: Priority | None = None) -> str:
+        """The lane (stream) a task of this type is written to (`spillway.lanes`): looked up,
+        not formatted, since every accepted task asks."""
+        return self.lanes[priority]
+
+    expires: float | None = None  # seconds from accept; None: never (spillway.expiry)
+    # Which failures are retried (`spillway.retry.not_retried`); the worker decides, per run.
+    retry_on: ExceptionClasses = (Exception,)
+    no_retry_for: ExceptionClasses = ()
+    callback_url: str | None = None  # its tasks' completion webhook unless one names another
 
     @classmethod
     def build(
@@ -58,6 +109,12 @@ class TaskDef:
         queue: str,
         policy: RetryPolicy,
         retry_jitter: bool = True,
+        priority: Priority = "default",
+        limits: TypeLimits | None = None,
+        expires: float | None = None,
+        retry_on: object = (Exception,),
+        no_retry_for: object = (),
+        callback_url: str | None = None,
     ) -> TaskDef:
         payload_type, wants_context = _inspect_signature(fn)
         return cls(
@@ -70,6 +127,16 @@ class TaskDef:
             wants_context=wants_context,
             is_async=inspect.iscoroutinefunction(fn),
             adapter=TypeAdapter(payload_type),
+            priority=priority,
+            limits=limits,
+            lanes={
+                level: lane_name(queue, level or priority, name if limits is not None else None)
+                for level in (None, *PRIORITIES)
+            },
+            expires=expires,
+            retry_on=exception_classes("retry_on", retry_on),
+            no_retry_for=exception_classes("no_retry_for", no_retry_for),
+            callback_url=callback_url,
         )
 
     def validate(self, payload: Any) -> Any:

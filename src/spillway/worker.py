@@ -5,9 +5,11 @@ Four loops share one asyncio event loop:
 * the reader asks Redis for new entries (XREADGROUP) while slots are free;
 * each run is its own asyncio task, under the task's timeout (sync handlers in a thread pool);
 * the finisher writes outcomes in batches (one pipeline of finish scripts per batch);
-* the keeper promotes due tasks, reclaims stalled deliveries and beats the heartbeat;
+* the keeper promotes due tasks, reclaims stalled deliveries and beats the heartbeat, and
+  learns which queues are paused (in the round trip of its due-task check, every 0.1 s);
 * the renewer keeps this worker's claims fresh, on its own timer, so a slow chore of the
-  keeper can never let a live task's claim lapse.
+  keeper can never let a live task's claim lapse; its answer also names the running tasks
+  whose cancellation was requested, and those runs are stopped.
 
 A slot is freed only once its outcome is stored, so "in flight" always means "not yet safe".
 """
@@ -23,22 +25,60 @@ import secrets
 import signal
 import socket
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from spillway import metrics
 from spillway.app import Spillway
 from spillway.broker import Delivery, Outcome, Started
+from spillway.deliverer import Deliverer
 from spillway.errors import BrokerUnavailable, SpillwayError
 from spillway.execution import execute
+from spillway.lanes import lanes_of, parse_lane
+from spillway.limits import TypeLimits
 from spillway.records import WorkerInfo
+from spillway.scheduler import Scheduler
+from spillway.tasks import CancelSignal
 
 __all__ = ["Worker"]
 
 log = logging.getLogger("spillway.worker")
 
 _PROMOTE_INTERVAL = 0.1
+# How long a reader of a limited type waits, at most, before it asks for a slot again when
+# every slot is held elsewhere (its own frees wake it at once), and between reads of its lanes
+# when they are empty: it cannot block on them while holding slots nobody may use meanwhile.
+_LIMIT_POLL = (0.01, 0.2)
+# The order a reader takes a queue's lanes in, by read (indexes into high, default, low): the
+# highest first, but one read in ten starts with `default` and one with `low`, so while higher
+# levels are busy each lower one still gets at least a tenth of the reads (docs/limits.md).
+_ORDERS = [(0, 1, 2)] * 4 + [(1, 0, 2)] + [(0, 1, 2)] * 4 + [(2, 1, 0)]
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What one reader reads in each shard: a queue's lanes, or a limited type's (then
+    with its limits), highest priority first."""
+
+    queue: str
+    lanes: tuple[str, ...]
+    task_type: str | None = None
+    limits: TypeLimits | None = None
+
+
+def _plans(app: Spillway, queues: Sequence[str]) -> list[_Plan]:
+    plans = []
+    for queue in queues:
+        plans.append(_Plan(queue, tuple(lanes_of(queue))))
+        for task in sorted(app.tasks.values(), key=lambda t: t.name):
+            if task.queue == queue and task.limits is not None:
+                plans.append(
+                    _Plan(queue, tuple(lanes_of(queue, task.name)), task.name, task.limits)
+                )
+    return plans
 
 
 class Worker:
@@ -57,12 +97,17 @@ class Worker:
         self.settings = app.settings
         self.concurrency = concurrency or self.settings.concurrency
         self.queues = queues or app.queues
+        self._plans = _plans(app, self.queues)
+        #: Every lane (stream) this worker reads, of its queues and their limited types.
+        self.lanes = [lane for plan in self._plans for lane in plan.lanes]
+        self._plan_of = {lane: plan for plan in self._plans for lane in plan.lanes}
         self.burst = burst
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.processed = 0
         self.started_at = datetime.now(UTC)
         # Keyed by the delivery: entry ids are unique per stream only, and shards are streams.
         self._inflight: dict[Delivery, asyncio.Task[None] | None] = {}
+        self._signals: dict[Delivery, CancelSignal] = {}  # of the runs started, to cancel them
         self._reserved = 0
         self._readers_waiting = 0
         self._busy_waiting = 0  # waiting readers whose stream had entries at their last read
@@ -71,6 +116,24 @@ class Worker:
         self._outcomes: asyncio.Queue[Outcome] = asyncio.Queue()
         self._executor: ThreadPoolExecutor | None = None
         self._drained = False
+        # The slot each delivery of a type with a concurrency limit holds: (type, token).
+        self._slots: dict[Delivery, tuple[str, str]] = {}
+        self._slot_came_free = {p.task_type: asyncio.Event() for p in self._plans if p.task_type}
+        # The queues an operator paused, as of the keeper's last due-task check; readers of a
+        # paused queue wait on `_pauses_changed` (set, then replaced, at every change).
+        self._paused: frozenset[str] = frozenset()
+        self._pauses_changed = asyncio.Event()
+        self._malformed_pauses = 0
+        # The schedules of its queues, checked by the keeper (not in burst mode: a burst
+        # drains what is there and ends).
+        mine = [s for s in app.schedules.values() if app.resolve(s.task).queue in self.queues]
+        self._scheduler = Scheduler(app, [] if burst else mine)
+        self._deliverer = Deliverer(app, self.name)
+
+    @property
+    def paused(self) -> frozenset[str]:
+        """The queues this worker sees paused (as of its last due-task check)."""
+        return self._paused
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -96,15 +159,22 @@ class Worker:
         finisher = asyncio.create_task(self._finish_loop(), name="spillway-finisher")
         keeper = asyncio.create_task(self._keep_loop(), name="spillway-keeper")
         renewer = asyncio.create_task(self._renew_loop(), name="spillway-renewer")
+        # Webhooks beside the readers, never in a task's slot (spillway.deliverer).
+        delivering = asyncio.create_task(
+            self._deliverer.run(self._stopping), name="spillway-webhooks"
+        )
         try:
-            # One reader per shard stream: on a cluster a stream read cannot span slots, and
-            # separate readers let a busy shard's work flow while another is empty.
-            streams = self.app.broker.core.streams(self.queues)
+            # One reader per shard and queue (and limited type): on a cluster a read cannot
+            # span slots, and separate readers let a busy shard's work flow while another is
+            # empty. A reader takes its lanes in priority order.
             async with asyncio.TaskGroup() as readers:
-                for stream, where in streams.items():
-                    readers.create_task(self._read_loop({stream: where}), name=f"read-{stream}")
+                for shard in self.app.broker.core.keys.all_shards():
+                    for plan in self._plans:
+                        lanes = {shard.stream(lane): (lane, shard.shard) for lane in plan.lanes}
+                        name = f"read-{shard.shard}-{plan.lanes[1]}"
+                        readers.create_task(self._read_restarting(lanes, plan), name=name)
         finally:
-            await self._shutdown(finisher, keeper, renewer)
+            await self._shutdown(finisher, keeper, renewer, delivering)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
@@ -114,7 +184,9 @@ class Worker:
         while True:
             try:
                 await self.app.connect()
-                await self.app.broker.core.register_queues(self.queues)
+                await self.app.broker.core.register_queues(self.lanes)
+                # Before any reader starts: a queue paused now is not read even once.
+                self._set_paused(await self.app.broker.pauses.paused())
             except BrokerUnavailable as exc:
                 if self._stopping.is_set():
                     raise
@@ -129,10 +201,16 @@ class Worker:
             return
 
     async def _shutdown(
-        self, finisher: asyncio.Task[None], keeper: asyncio.Task[None], renewer: asyncio.Task[None]
+        self,
+        finisher: asyncio.Task[None],
+        keeper: asyncio.Task[None],
+        renewer: asyncio.Task[None],
+        delivering: asyncio.Task[None],
     ) -> None:
         self._stopping.set()
         keeper.cancel()
+        # A delivery cut short is tried again by any worker once its claim's lease runs out.
+        delivering.cancel()
         runs = [t for t in self._inflight.values() if t is not None]
         if runs:
             log.info(
@@ -148,7 +226,13 @@ class Worker:
                 await self._outcomes.join()
         finisher.cancel()
         renewer.cancel()  # only now: tasks finishing during the grace period keep their claims
-        helpers = [finisher, keeper, renewer]
+        if self.burst:
+            # What the tasks just run made due: a burst worker delivers it once before leaving.
+            with contextlib.suppress(SpillwayError, TimeoutError):
+                async with asyncio.timeout(self.settings.callback_timeout + 1):
+                    await self._deliverer.round()
+            await self._deliverer.close()
+        helpers = [finisher, keeper, renewer, delivering]
         _, stuck = await asyncio.wait(helpers, timeout=self.settings.redis_timeout * 2)
         if stuck:  # never hang a shutdown on a helper that ignored its cancellation
             log.warning("stopping without %s", ", ".join(t.get_name() for t in stuck))
@@ -158,6 +242,7 @@ class Worker:
             if leftover:
                 released = await self.app.broker.work.release(self.name, leftover)
                 log.info("released %d unfinished deliveries for other workers", released)
+            await self._free_slots(leftover)
             await self.app.broker.work.deregister(self.name)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
@@ -174,22 +259,54 @@ class Worker:
     def _free(self) -> int:
         return self.concurrency - len(self._inflight) - self._reserved
 
-    async def _read_loop(self, stream: dict[str, tuple[str, int]]) -> None:
-        """Read one shard stream while slots are free.
+    async def _read_restarting(self, lanes: dict[str, tuple[str, int]], plan: _Plan) -> None:
+        """`_read_loop`, restarted if a cancellation nobody asked for ends it.
 
-        Slots are reserved before a read so deliveries never exceed the concurrency. Four
-        rules keep shards from starving each other: a reader whose stream was empty reserves a
-        single slot for its (blocking) wait, so idle shards do not hold capacity a busy one
-        could use; an idle reader waits while a busy one is waiting for slots; a reader
-        takes only its share of the free slots while other readers are waiting too; and after
-        an empty read a reader lets the readers waiting for a slot go first, so every stream
-        is read in turn even when the streams outnumber the slots.
+        A TaskGroup drops a child that ends cancelled without a word, so a stray
+        CancelledError out of a Redis call (none was requested: `cancelling()` is 0) would
+        leave a shard's lanes unread for good while the worker looks healthy. That is what a
+        failed slot-move test showed (the moved shard's tasks all queued, no consumer ever on
+        its stream, nothing logged), though the cause there was not caught in the act. A
+        cancellation that was asked for (shutdown, a sibling's failure) still ends the reader.
+        """
+        task = asyncio.current_task()
+        while True:
+            try:
+                await self._read_loop(lanes, plan)
+                return
+            except asyncio.CancelledError:
+                if self._stopping.is_set() or task is None or task.cancelling():
+                    raise
+                log.warning("reader of %s: a stray cancellation ended it; restarted",
+                            ",".join(lanes))  # fmt: skip
+            await self._sleep(0.1)
+
+    async def _read_loop(self, lanes: dict[str, tuple[str, int]], plan: _Plan) -> None:
+        """Read one shard's lanes of a queue (or of a limited type) while slots are free.
+
+        Slots are reserved before a read so deliveries do not exceed the concurrency (but for
+        the moment noted below). Four rules keep readers from starving each other: a reader
+        whose lanes were empty reserves a single slot for its (blocking) wait on all of them, so
+        idle shards do not hold capacity a busy one could use; an idle reader waits while a
+        busy one is waiting for slots; a reader takes only its share of the free slots while
+        other readers are waiting too; and after an empty read a reader lets the readers
+        waiting for a slot go first, so every stream is read in turn even when the streams
+        outnumber the slots. A limited type's reader
+        first takes its type's slots and start tokens (`_read_limited`).
         """
         broker = self.app.broker
         block_ms = min(self.settings.block_ms, 100) if self.burst else self.settings.block_ms
         backoff = 0.1
         idle = False
+        reads = 0
         while not self._stopping.is_set():
+            if plan.queue in self._paused:
+                if self.burst and await self._drained_now():
+                    self._end_burst()
+                    return
+                await self._wait_for_resume(block_ms / 1000)
+                idle = False
+                continue
             free = self._free()
             # An idle reader lets readers that have work waiting take free slots first.
             if free <= 0 or (idle and self._busy_waiting > 0):
@@ -203,10 +320,29 @@ class Worker:
                     self._busy_waiting -= not idle
                 continue
             share = -(-free // (1 + self._readers_waiting))
-            count = 1 if idle else min(share, self.settings.batch_size)
-            self._reserved += count
+            count = min(share, self.settings.batch_size)
+            # Idle: a blocking read of one entry per lane, for which it reserves ONE slot: a
+            # slot per lane let one idle reader hold three slots for its wait, and with a few
+            # slots and several shards the readers of a shard that got work could not read it
+            # (seen on a cluster: tasks unstarted for 20 s). Entries landing in two lanes
+            # during one wait are delivered together: at most one more per lane, for a moment.
+            waiting_on = lanes if idle else {}
+            reserved = 1 if idle else count
+            self._reserved += reserved
             try:
-                deliveries = await broker.work.read(self.name, stream, count, block_ms)
+                if plan.task_type is not None and plan.limits is not None:
+                    limited = await self._read_limited(
+                        lanes, plan.task_type, plan.limits, count, reads
+                    )
+                    if limited is None:
+                        continue  # no slot free: it waited for one, now it asks again
+                    deliveries = limited
+                elif idle:
+                    deliveries = await broker.work.read(self.name, waiting_on, 1, block_ms)
+                else:
+                    ordered = dict(list(lanes.items())[i] for i in _ORDERS[reads % 10])
+                    deliveries = await broker.work.read_in_order(self.name, ordered, count)
+                reads += 1
                 backoff = 0.1
             except BrokerUnavailable as exc:
                 log.warning("read failed: %s", exc)
@@ -214,30 +350,132 @@ class Worker:
                 backoff = min(backoff * 2, 5.0)
                 continue
             finally:
-                self._reserved -= count
+                self._reserved -= reserved
                 self._slot_freed.set()  # other readers may be waiting for these slots
-            idle = not deliveries
+            # A limited reader never blocks (see _read_limited): it is never idle. An idle wait
+            # that ended empty is followed by a read in order, which starts held tasks (held
+            # tasks add no entry for a blocked read to wake on: docs/architecture.md#callers).
+            idle = not deliveries and plan.limits is None and not idle
             if deliveries:
                 await self._start(deliveries)
             elif self.burst and await self._drained_now():
-                if not self._stopping.is_set():
-                    log.info("burst: queues drained")
-                self._stopping.set()
-                self._slot_freed.set()
+                self._end_burst()
                 return
+            elif plan.task_type is not None:
+                await self._wait_for_slot(plan.task_type, _LIMIT_POLL[1])
             elif self._readers_waiting:
                 # An empty read ends this reader's turn: readers woken for the slot it freed
                 # go first. Without this, with fewer slots than shard streams, readers of
                 # empty streams took the slots back at once and a full stream was never read.
                 await asyncio.sleep(0)
 
+    def _end_burst(self) -> None:
+        if not self._stopping.is_set():
+            log.info("burst: queues drained")
+        self._stopping.set()
+        self._slot_freed.set()
+
+    def _set_paused(self, paused: frozenset[str], malformed: int = 0) -> None:
+        """Take the paused queues the keeper read; wake the readers if they changed."""
+        if malformed != self._malformed_pauses:
+            self._malformed_pauses = malformed
+            if malformed:  # once per change, not at every check
+                log.warning("%d member(s) of the paused set are not queue names: ignored",
+                            malformed)  # fmt: skip
+        if paused == self._paused:
+            return
+        for queue in sorted(paused - self._paused):
+            log.info("queue %s paused: starting none of its tasks", queue)
+        for queue in sorted(self._paused - paused):
+            log.info("queue %s resumed", queue)
+        self._paused = paused
+        changed, self._pauses_changed = self._pauses_changed, asyncio.Event()
+        changed.set()
+
+    async def _wait_for_resume(self, seconds: float) -> None:
+        """Wait until the paused queues change, the worker stops, or `seconds` pass."""
+        waiters = [asyncio.ensure_future(e.wait()) for e in (self._stopping, self._pauses_changed)]
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def _read_limited(
+        self,
+        lanes: dict[str, tuple[str, int]],
+        task_type: str,
+        type_limits: TypeLimits,
+        count: int,
+        reads: int,
+    ) -> list[Delivery] | None:
+        """Read a limited type's lanes: take up to `count` slots and start tokens across every
+        worker first, read at most that many entries, give back what the read did not use;
+        None when no slot was free (after waiting for one a while).
+
+        When every slot is held (or the rate allows no start yet) nothing is read: the tasks
+        wait in their stream, in order, neither attempted nor in anyone's way, until a slot
+        frees (this worker's own frees wake the reader at once; others' are seen when it asks
+        again) or the rate allows the next start. It never blocks on its lanes, so it never
+        holds a slot while waiting for work: an empty read gives its slots back.
+        """
+        limits = self.app.broker.limits
+        grant = await limits.take(task_type, type_limits, count)
+        if not grant.count:
+            wait = grant.retry_after or _LIMIT_POLL[1]
+            await self._wait_for_slot(task_type, max(_LIMIT_POLL[0], wait))
+            return None
+        ordered = dict(list(lanes.items())[i] for i in _ORDERS[reads % 10])
+        try:
+            deliveries = await self.app.broker.work.read_in_order(self.name, ordered, grant.count)
+        except BaseException:
+            with contextlib.suppress(SpillwayError):
+                await limits.give(task_type, type_limits, grant.tokens, grant.count)
+            raise
+        for d, token in zip(deliveries, grant.tokens, strict=False):
+            self._slots[d] = (task_type, token)
+        unused = grant.count - len(deliveries)
+        if unused:
+            with contextlib.suppress(SpillwayError):
+                await limits.give(task_type, type_limits, grant.tokens[len(deliveries) :], unused)
+        return deliveries
+
+    async def _wait_for_slot(self, task_type: str, seconds: float) -> None:
+        """Wait until this worker frees a slot of `task_type`, it stops, or `seconds` pass."""
+        came_free = self._slot_came_free[task_type]
+        came_free.clear()
+        waiters = [asyncio.ensure_future(e.wait()) for e in (self._stopping, came_free)]
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def _free_slots(self, deliveries: Sequence[Delivery]) -> None:
+        """Give back the limited-type slots these deliveries held (their runs are over)."""
+        by_type: dict[str, list[str]] = {}
+        for d in deliveries:
+            held = self._slots.pop(d, None)
+            if held is not None:
+                by_type.setdefault(held[0], []).append(held[1])
+        for task_type, tokens in by_type.items():
+            limits = self.app.tasks[task_type].limits
+            try:
+                if limits is not None:
+                    await self.app.broker.limits.give(task_type, limits, tokens)
+            except BrokerUnavailable as exc:  # the leases expire by themselves
+                log.warning("freeing %d slots of %s failed: %s", len(tokens), task_type, exc)
+            self._slot_came_free[task_type].set()
+
     async def _drained_now(self) -> bool:
         # Reservations of other readers do not count: any entry they could still receive is
         # in a stream, so the backlog (which counts delivered-but-unfinished entries) shows it.
         if self._inflight:
             return False
+        # A paused queue's tasks wait for its resume, not for this worker.
+        lanes = [lane for lane in self.lanes if parse_lane(lane).queue not in self._paused]
         try:
-            return await self.app.broker.work.backlog(self.queues) == 0
+            return await self.app.broker.work.backlog(lanes) == 0
         except BrokerUnavailable:
             return False
 
@@ -257,20 +495,28 @@ class Worker:
                     return  # left in _inflight: released at shutdown
                 log.warning("begin failed, retrying: %s", exc)
                 await self._sleep(0.2)
+        skipped = [d for d, s in zip(deliveries, started, strict=True) if s is None]
+        await self._free_slots(skipped)
         for d, s in zip(deliveries, started, strict=True):
             if s is None:
                 self._release_slot(d)
             else:
-                timed = metrics.timed_run(s.type, s.attempts, s.created_at_ms, self._run(s))
+                cancel = self._signals[d] = CancelSignal()
+                coro = self._run(s, cancel)
+                timed = metrics.timed_run(s.type, s.attempts, s.created_at_ms, coro)
                 run = asyncio.create_task(timed, name=f"spillway-task-{d.task_id}")
                 self._inflight[d] = run
 
     def _release_slot(self, d: Delivery) -> None:
         self._inflight.pop(d, None)
+        self._signals.pop(d, None)
         self._slot_freed.set()
 
-    async def _run(self, s: Started) -> None:
-        self._outcomes.put_nowait(await execute(self.app.tasks.get(s.type), s, self._executor))
+    async def _run(self, s: Started, cancel: CancelSignal) -> None:
+        task = self.app.tasks.get(s.type)
+        run = execute(task, s, self._executor, cancel)
+        tracing = self.app.tracing
+        self._outcomes.put_nowait(await (tracing.process(s, run) if tracing.enabled else run))
 
     # --- finishing ---------------------------------------------------------------------------
 
@@ -289,6 +535,7 @@ class Worker:
                     log.warning("storing %d outcomes failed, retrying: %s", len(batch), exc)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
+            await self._free_slots([o.delivery for o in batch])
             for o in batch:
                 metrics.task_finished(o.type, o.kind)
                 self.processed += 1
@@ -303,14 +550,17 @@ class Worker:
             "reclaim": min(1.0, s.visibility_timeout / 4),
             "beat": s.heartbeat_interval,
             "prune": 60.0,
+            "schedule": 1.0,
         }
         last = dict.fromkeys(every, time.monotonic())
+        last["schedule"] = -every["schedule"]  # the first check at once: a tick may be due
         cursors: dict[tuple[str, int], str] = {}
         while not self._stopping.is_set():
             now = time.monotonic()
             try:
                 # Due tasks are checked often so delays and retry backoffs stay accurate.
-                await self.app.broker.work.promote_due(self.queues)
+                due = await self.app.broker.work.promote_due(self.lanes)
+                self._set_paused(due.paused, due.malformed)
                 if now - last["reclaim"] >= every["reclaim"]:
                     await self._reclaim(cursors)
                     last["reclaim"] = now
@@ -319,19 +569,42 @@ class Worker:
                     last["beat"] = now
                 if now - last["prune"] >= every["prune"]:
                     idle_ms = int(max(600.0, s.visibility_timeout * 10) * 1000)
-                    await self.app.broker.work.prune_consumers(self.queues, idle_ms)
+                    await self.app.broker.work.prune_consumers(self.lanes, idle_ms)
                     last["prune"] = now
+                if now - last["schedule"] >= every["schedule"]:
+                    last["schedule"] = now
+                    await self._check_schedules()
             except BrokerUnavailable as exc:
                 log.warning("maintenance failed: %s", exc)
             await self._sleep(_PROMOTE_INTERVAL)
 
+    async def _check_schedules(self) -> None:
+        """Enqueue due ticks; a failure is logged, never the end of the keeper (which also
+        reclaims, beats and promotes: a schedule's bug must not stop those)."""
+        try:
+            await self._scheduler.check()
+        except BrokerUnavailable:
+            raise
+        except Exception:
+            log.exception("checking the schedules failed; trying again in a second")
+
     async def _reclaim(self, cursors: dict[tuple[str, int], str]) -> None:
         broker = self.app.broker
         min_idle = int(self.settings.visibility_timeout * 1000)
-        for queue, shard in broker.core.streams(self.queues).values():
+        for queue, shard in broker.core.streams(self.lanes).values():
             free = min(self._free(), self.settings.batch_size)
             if free <= 0 or self._stopping.is_set():
                 return
+            if parse_lane(queue).queue in self._paused:
+                continue  # a dead worker's deliveries start again once the queue resumes
+            plan = self._plan_of[queue]
+            grant = None
+            if plan.task_type is not None and plan.limits is not None:
+                # A dead worker's deliveries of a limited type need slots like new ones.
+                grant = await broker.limits.take(plan.task_type, plan.limits, free)
+                if not grant.count:
+                    continue
+                free = grant.count
             self._reserved += free
             try:
                 cursor = cursors.get((queue, shard), "0-0")
@@ -345,6 +618,14 @@ class Worker:
             # XAUTOCLAIM also hands back this worker's own deliveries when their renewal came
             # late; they are still running here, so they must not start a second time.
             claimed = [d for d in claimed if d not in self._inflight]
+            if grant is not None and plan.task_type is not None and plan.limits is not None:
+                for d, token in zip(claimed, grant.tokens, strict=False):
+                    self._slots[d] = (plan.task_type, token)
+                unused = grant.count - len(claimed)
+                if unused:
+                    await broker.limits.give(
+                        plan.task_type, plan.limits, grant.tokens[len(claimed) :], unused
+                    )
             if claimed:
                 log.warning(
                     "reclaimed %d stalled deliveries from %s/%d", len(claimed), queue, shard
@@ -370,7 +651,17 @@ class Worker:
     async def _renew(self) -> None:
         mine = list(self._inflight)
         if mine:
-            await self.app.broker.work.renew(self.name, mine)
+            _, marked = await self.app.broker.work.renew(self.name, mine)
+            for d in marked:
+                # A delivery still being begun has no signal yet: the next renewal stops it.
+                cancel = self._signals.get(d)
+                if cancel is not None and cancel.request():
+                    log.info("task %s: cancel requested, stopping its run", d.task_id)
+        by_type: dict[str, list[str]] = {}
+        for task_type, token in self._slots.values():
+            by_type.setdefault(task_type, []).append(token)
+        for task_type, tokens in by_type.items():
+            await self.app.broker.limits.keep(task_type, tokens)
 
     async def _heartbeat(self) -> None:
         await self.app.broker.work.heartbeat(

@@ -11,6 +11,9 @@ from tests.api.servers import ApiServer, serving
 from spillway import Spillway
 from spillway.embedded import EmbeddedRedis
 
+#: The admin key of `secured_server`.
+ADMIN_KEY = "admin-key"
+
 
 @pytest.fixture(scope="session")
 def api_server(
@@ -26,8 +29,8 @@ def api_server(
 def secured_server(
     redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ApiServer]:
-    """An API server that requires one of two API keys."""
-    env = {"SPILLWAY_API_KEYS": "key-one,key-two"}
+    """An API server that requires one of two client keys, or the admin key."""
+    env = {"SPILLWAY_API_KEYS": "key-one,key-two", "SPILLWAY_ADMIN_KEYS": ADMIN_KEY}
     yield from serving(redis_server.url, tmp_path_factory.mktemp("api"), env)
 
 

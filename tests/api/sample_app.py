@@ -23,9 +23,9 @@ class Explode(BaseModel):
     message: str = Field(max_length=200)
 
 
-def build(settings: Settings) -> Spillway:
+def build(settings: Settings, tracer_provider: Any = None) -> Spillway:
     """An application with three task types; each fails for good on its first error."""
-    app = Spillway(settings)
+    app = Spillway(settings, tracer_provider=tracer_provider)
 
     @app.task(max_retries=0)
     async def resize(payload: Resize) -> dict[str, int]:

@@ -40,8 +40,8 @@ async def test_paused_redis_gives_503_within_the_timeout_and_healthz_stays_fast(
     # before its own fails, so 4x that bounds it.
     assert elapsed < 1.0
     assert [a.status_code for a in answers] == [503] * 10
-    for answer in answers:
-        assert answer.headers["retry-after"] == "1"
+    # No drain figures behind a 503: a short wait, spread (tests/api/test_retry_after.py).
+    assert {a.headers["retry-after"] for a in answers} <= {"1", "2", "3"}
     # Writes sent to the frozen Redis may have run before it froze: their outcome is unknown,
     # and each answer names its task. The others (and the reads) are plain refusals.
     kinds = [a.json()["type"].rsplit(":", 1)[1] for a in answers]
@@ -70,11 +70,11 @@ async def test_full_backlog_is_429_with_retry_after_and_trims_nothing(
             batch = await http.post("/tasks/batch", json={"tasks": [TASK]})
 
         assert refused.status_code == 429
-        assert refused.headers["retry-after"] == "1"
+        assert 1 <= int(refused.headers["retry-after"]) <= 60  # the bounds' defaults
         assert refused.json()["type"] == "urn:spillway:problem:backlog-full"
         assert batch.json()["results"][0]["error"]["status"] == 429
         assert [(await app.get(t)).status for t in accepted] == ["queued"] * 3
-        assert await app.broker.work.backlog(app.queues) == 3
+        assert await app.broker.work.backlog(app.lanes()) == 3
     finally:
         await drain(app)
         await app.close()
@@ -142,7 +142,7 @@ async def test_a_connection_lost_after_the_write_was_sent_is_a_503_naming_the_ta
             server.stop()
 
     assert refused.status_code == 503
-    assert refused.headers["retry-after"] == "1"
+    assert refused.headers["retry-after"] in {"1", "2", "3"}
     assert problem["type"] == "urn:spillway:problem:outcome-unknown"
     assert problem["task_id"] in problem["detail"]
     assert certain.status_code == 503

@@ -67,3 +67,23 @@ async def test_batch_body_must_be_a_list_of_tasks(http: httpx.AsyncClient) -> No
         response = await http.post("/tasks/batch", json=body)
         assert response.status_code == 422, body
         assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_batch_items_take_their_own_expiry(
+    http: httpx.AsyncClient, spillway: Spillway
+) -> None:
+    tasks = [
+        {"type": "echo", "payload": {"n": 1}, "expires_s": 90},
+        {"type": "echo", "payload": {"n": 2}, "expires_s": -1},
+        {"type": "echo", "payload": {"n": 3}},
+    ]
+
+    doc = (await http.post("/tasks/batch", json={"tasks": tasks})).json()
+
+    assert [r["status"] for r in doc["results"]] == ["queued", "rejected", "queued"]
+    assert doc["results"][1]["error"]["errors"][0]["loc"] == ["body", "tasks", 1, "expires_s"]
+    first = await spillway.get(doc["results"][0]["task_id"])
+    assert first.expires_at is not None
+    assert first.created_at is not None
+    assert (first.expires_at - first.created_at).total_seconds() == 90
+    assert (await spillway.get(doc["results"][2]["task_id"])).expires_at is None

@@ -24,9 +24,26 @@ from spillway.embedded import EmbeddedRedis
 def hasty_server(
     redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ApiServer]:
-    """An API server that waits at most 1 s for a request head, or for a body to move."""
+    """An API server that waits at most 1 s for a request head, or for a body."""
     env = {"SPILLWAY_HEAD_TIMEOUT": "1", "SPILLWAY_BODY_TIMEOUT": "1"}
     yield from serving(redis_server.url, tmp_path_factory.mktemp("api"), env)
+
+
+@pytest.fixture(scope="module")
+def hasty_stock_server(
+    redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ApiServer]:
+    """`hasty_server` on uvicorn's stock protocol (SPILLWAY_FAST_PATH=0)."""
+    env = {"SPILLWAY_HEAD_TIMEOUT": "1", "SPILLWAY_BODY_TIMEOUT": "1", "SPILLWAY_FAST_PATH": "0"}
+    yield from serving(redis_server.url, tmp_path_factory.mktemp("api"), env)
+
+
+def _head_of(size: int, *, request: bytes = b"GET /healthz HTTP/1.1\r\nHost: test\r\n") -> bytes:
+    """A request head of exactly `size` bytes, the final CRLF included, padded by one header."""
+    head = request + b"X-Pad: " + b"a" * (size - len(request) - len(b"X-Pad: \r\n\r\n"))
+    head += b"\r\n\r\n"
+    assert len(head) == size
+    return head
 
 
 async def _answer(reader: asyncio.StreamReader) -> bytes:
@@ -66,10 +83,65 @@ async def test_a_head_over_the_limit_gets_431_and_the_server_serves_on(
     assert (await http.get("/healthz")).status_code == 200
 
 
-async def test_a_head_just_under_the_limit_is_served(http: httpx.AsyncClient) -> None:
-    response = await http.get("/healthz", headers={"x-big": "a" * (HEAD_LIMIT - 1024)})
+@pytest.mark.fast_protocol
+async def test_a_head_one_byte_over_the_limit_gets_431_even_in_one_read_with_its_body(
+    api_server: ApiServer,
+) -> None:
+    # The head arrives complete, with its body, in a single write: the limit is the head's
+    # size, not what is left over after a read.
+    body = b'{"type": "echo", "payload": {"n": 1}}'
+    request = (
+        b"POST /tasks HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n" % len(body)
+    )
+    answer = await _send(api_server, _head_of(HEAD_LIMIT + 1, request=request) + body)
 
-    assert response.status_code == 200
+    assert answer.startswith(b"HTTP/1.1 431 ")
+    assert b"connection: close" in answer
+
+
+@pytest.mark.fast_protocol
+@pytest.mark.parametrize("piece", [1000, 7])
+async def test_a_head_one_byte_over_the_limit_gets_431_in_many_reads(
+    api_server: ApiServer, piece: int
+) -> None:
+    head = _head_of(HEAD_LIMIT + 1)
+    reader, writer = await asyncio.open_connection("127.0.0.1", api_server.port)
+    try:
+        for at in range(0, len(head), piece):  # a write each: the blank line may straddle two
+            writer.write(head[at : at + piece])
+            await writer.drain()
+        answer = await _answer(reader)
+    finally:
+        writer.close()
+
+    assert answer.startswith(b"HTTP/1.1 431 ")
+
+
+@pytest.mark.fast_protocol
+async def test_a_head_over_the_limit_behind_a_pipelined_request_gets_431(
+    api_server: ApiServer,
+) -> None:
+    small = _head_of(200)
+    answer = await _send(api_server, small + _head_of(HEAD_LIMIT + 1))
+
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert b"HTTP/1.1 431 " in answer
+
+
+async def test_a_head_of_exactly_the_limit_is_served(api_server: ApiServer) -> None:
+    # In one write, and split so the final CRLF CRLF straddles two writes.
+    head = _head_of(HEAD_LIMIT)
+    for parts in ([head], [head[:-3], head[-3:]], [head[:-1], head[-1:]]):
+        reader, writer = await asyncio.open_connection("127.0.0.1", api_server.port)
+        try:
+            for part in parts:
+                writer.write(part)
+                await writer.drain()
+            answer = await _head(reader)
+        finally:
+            writer.close()
+        assert answer.startswith(b"HTTP/1.1 200 "), parts
 
 
 @pytest.mark.fast_protocol
@@ -130,6 +202,81 @@ async def test_a_small_body_that_stops_arriving_gets_408_and_the_server_serves_o
     async with httpx.AsyncClient(base_url=hasty_server.url, timeout=10.0) as http:
         accepted = await http.post("/tasks", json={"type": "echo", "payload": {"n": 2}})
     assert accepted.status_code == 202
+
+
+async def _trickle(server: ApiServer, head: bytes, body: bytes, every: float) -> bytes:
+    """Send `head`, then `body` a byte every `every` seconds until the server answers; return
+    all it sends until it closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    answer = asyncio.ensure_future(_answer_within(reader, 10))
+    try:
+        writer.write(head)
+        for byte in body:
+            if answer.done():
+                break
+            writer.write(bytes([byte]))
+            await asyncio.wait([answer], timeout=every)
+        return await answer
+    finally:
+        writer.close()
+
+
+async def _answer_within(reader: asyncio.StreamReader, seconds: float) -> bytes:
+    async with asyncio.timeout(seconds):
+        return await reader.read()
+
+
+@pytest.mark.parametrize("protocol", ["fast", "stock"])
+async def test_a_small_body_trickled_in_gets_408_at_the_deadline_and_its_connection_closed(
+    request: pytest.FixtureRequest, protocol: str
+) -> None:
+    # A 100-byte body a byte every 0.45 s never pauses for long, and would take 45 s: the
+    # body's deadline (1 s here) is counted from its head, not from its last byte. The pace
+    # keeps bytes out of the 1-1.25 s window the answer comes in: a byte that reaches a
+    # socket just closed would be answered with a reset, which discards the unread 408.
+    server: ApiServer = request.getfixturevalue(
+        "hasty_server" if protocol == "fast" else "hasty_stock_server"
+    )
+    body = b'{"type": "echo", "payload": {"pad": "%s"}}' % (b"a" * 60)
+    assert len(body) == 100
+    head = (
+        b"POST /tasks HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100\r\n\r\n"
+    )
+    started = time.monotonic()
+    answer = await _trickle(server, head, body, 0.45)  # returns once the server has closed
+    took = time.monotonic() - started
+
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert b"connection: close" in answer
+    assert b"urn:spillway:problem:request-timeout" in answer
+    assert 0.9 <= took < 3  # the 1 s deadline (to the fast protocol's 0.25 s tick)
+
+
+@pytest.mark.fast_protocol
+async def test_a_body_still_trickling_after_an_early_answer_has_its_connection_closed(
+    hasty_server: ApiServer,
+) -> None:
+    # A route that reads no body answers at once and keeps the connection alive; a body that
+    # keeps trickling in after that is dropped, then cut at its deadline.
+    head = b"GET /healthz HTTP/1.1\r\nHost: test\r\nContent-Length: 100\r\n\r\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", hasty_server.port)
+    started = time.monotonic()
+    try:
+        writer.write(head)
+        closed = asyncio.ensure_future(_answer_within(reader, 10))
+        for _ in range(50):  # a byte every 0.45 s (see above): 22 s for all of it
+            if closed.done():
+                break
+            writer.write(b"a")
+            await asyncio.wait([closed], timeout=0.45)
+        answer = await closed
+    finally:
+        writer.close()
+
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert b"408" not in answer  # one answer per request
+    assert 0.9 <= time.monotonic() - started < 3
 
 
 async def test_a_slow_long_poll_is_not_cut_by_the_head_deadline(hasty_server: ApiServer) -> None:

@@ -15,7 +15,7 @@ PROBLEM = "application/problem+json"
 
 
 async def backlog(app: Spillway) -> int:
-    return await app.broker.work.backlog(app.queues)
+    return await app.broker.work.backlog(app.lanes())
 
 
 async def test_submit_answers_202_only_once_the_task_is_stored(
@@ -223,3 +223,83 @@ async def test_json_media_type_with_charset_or_suffix_is_accepted(http: httpx.As
     for content_type in ("application/json; charset=utf-8", "application/vnd.task+json"):
         response = await http.post("/tasks", content=raw, headers={"Content-Type": content_type})
         assert response.status_code == 202, content_type
+
+
+async def test_expires_s_sets_a_deadline_counted_from_the_accept(
+    http: httpx.AsyncClient, spillway: Spillway
+) -> None:
+    body = {"type": "echo", "payload": {"a": 1}, "delay_s": 10, "expires_s": 60}
+    response = await http.post("/tasks", json=body)
+
+    assert response.status_code == 202
+    doc = (await http.get(response.headers["location"])).json()
+    record = await spillway.get(response.json()["task_id"])
+    assert record.created_at is not None
+    assert record.expires_at is not None
+    assert (record.expires_at - record.created_at).total_seconds() == 60
+    assert doc["expires_at"] is not None
+    assert doc["status"] == "queued"
+
+
+@pytest.mark.parametrize(
+    "expires", [-1, 0, "5", True, 10**9], ids=["negative", "zero", "string", "bool", "huge"]
+)
+async def test_an_invalid_expires_s_is_422_naming_the_field(
+    http: httpx.AsyncClient, spillway: Spillway, expires: Any
+) -> None:
+    before = await backlog(spillway)
+    body = {"type": "echo", "payload": {}, "expires_s": expires}
+    response = await http.post("/tasks", json=body)
+
+    doc = _problem(response, 422, "request-invalid")
+    assert doc["errors"][0]["loc"] == ["body", "expires_s"]
+    assert await backlog(spillway) == before
+
+
+async def test_a_nan_expires_s_is_422(http: httpx.AsyncClient) -> None:
+    raw = b'{"type": "echo", "payload": {}, "expires_s": NaN}'
+    response = await http.post("/tasks", content=raw, headers={"Content-Type": "application/json"})
+
+    _problem(response, 422, "unsupported-json")
+
+
+async def test_a_delay_as_long_as_the_expiry_is_422(http: httpx.AsyncClient) -> None:
+    body = {"type": "echo", "payload": {}, "delay_s": 30, "expires_s": 30}
+    doc = _problem(await http.post("/tasks", json=body), 422, "payload-invalid")
+
+    assert doc["errors"][0]["loc"] == ["body", "expires"]
+    assert "longer than the delay" in doc["errors"][0]["msg"]
+
+
+async def test_priority_is_taken_by_tasks_and_batch_items(http: httpx.AsyncClient) -> None:
+    single = await http.post("/tasks", json={"type": "echo", "payload": {}, "priority": "high"})
+    items: list[dict[str, Any]] = [
+        {"type": "echo", "payload": {}, "priority": p} for p in ("low", "default")
+    ]
+    batch = await http.post(
+        "/tasks/batch", json={"tasks": [*items, {"type": "echo", "payload": {}}]}
+    )
+
+    assert single.status_code == 202
+    ids = [single.json()["task_id"]] + [r["task_id"] for r in batch.json()["results"]]
+    shown = [(await http.get(f"/tasks/{i}")).json() for i in ids]
+    assert [doc["priority"] for doc in shown] == ["high", "low", "default", "default"]
+    assert {doc["queue"] for doc in shown} == {"default"}
+
+
+@pytest.mark.parametrize(
+    "priority", ["urgent", 42, "", None], ids=["word", "number", "empty", "null"]
+)
+async def test_an_unknown_priority_is_422_naming_the_field(
+    http: httpx.AsyncClient, spillway: Spillway, priority: Any
+) -> None:
+    before = await backlog(spillway)
+    body = {"type": "echo", "payload": {}, "priority": priority}
+    response = await http.post("/tasks", json=body)
+
+    if priority is None:  # null: the type's own priority
+        assert response.status_code == 202
+        return
+    doc = _problem(response, 422, "request-invalid")
+    assert doc["errors"][0]["loc"] == ["body", "priority"]
+    assert await backlog(spillway) == before

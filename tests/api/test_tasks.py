@@ -7,9 +7,11 @@ import time
 
 import httpx
 import pytest
+from tests.api.sample_app import Resize
 from tests.api.servers import drain
+from tests.engine import past_expiry
 
-from spillway import Spillway
+from spillway import Spillway, Worker
 
 RESIZE = {"url": "https://example.com/cat.jpg", "width": 3, "height": 4}
 
@@ -113,6 +115,42 @@ async def test_cancelling_a_queued_task_is_202_and_marks_it_cancelled(
     assert (record.status, record.attempts) == ("cancelled", 0)
 
 
+async def test_cancelling_a_running_task_is_202_running_then_it_ends_cancelled(
+    http: httpx.AsyncClient, spillway: Spillway
+) -> None:
+    # A worker whose `resize` hangs on this one payload (the API validates it as usual); its
+    # renewal, which carries the cancel to it, every third of a second.
+    worker_app = Spillway(spillway.settings.model_copy(update={"visibility_timeout": 1.0}))
+    hanging = asyncio.Event()
+
+    @worker_app.task(name="resize", max_retries=0)
+    async def resize(payload: Resize) -> dict[str, int]:
+        if payload.width == 9_999:
+            hanging.set()
+            await asyncio.sleep(60)
+        return {"pixels": payload.width * payload.height}
+
+    task_id = await submit(http, "resize", RESIZE | {"width": 9_999})
+    worker = Worker(worker_app)
+    running = asyncio.create_task(worker.run())
+    try:
+        await asyncio.wait_for(hanging.wait(), 10)
+
+        response = await http.delete(f"/tasks/{task_id}")
+
+        assert response.status_code == 202
+        doc = response.json()
+        assert doc["status"] == "running"
+        assert doc["cancel_requested_at"] is not None
+        ended = await http.get(f"/tasks/{task_id}", params={"wait": 10})
+        assert (ended.json()["status"], ended.json()["result"]) == ("cancelled", None)
+        assert (await http.delete(f"/tasks/{task_id}")).status_code == 409
+    finally:
+        worker.stop()
+        await running
+        await worker_app.close()
+
+
 async def test_cancelling_a_finished_task_is_409(
     http: httpx.AsyncClient, spillway: Spillway
 ) -> None:
@@ -166,6 +204,38 @@ async def test_stats_show_queues_and_outcome_counts(
 
     assert {q["queue"] for q in doc["queues"]} >= {"default", "risky"}
     assert doc["counts"]["resize"]["succeeded"] >= 1
+
+
+async def test_a_task_expiring_unrun_wakes_its_long_poll_and_is_counted(
+    http: httpx.AsyncClient, spillway: Spillway
+) -> None:
+    before = await expired_counts(http)
+    body = {"type": "echo", "payload": {"n": 1}, "expires_s": 0.05}
+    response = await http.post("/tasks", json=body)
+    assert response.status_code == 202
+    task_id = response.json()["task_id"]
+    poll = asyncio.create_task(http.get(f"/tasks/{task_id}", params={"wait": 30}))
+    channel = spillway.broker.keys.for_task(task_id).channel(task_id)
+    async with asyncio.timeout(10):
+        while not dict(await spillway.broker.client.pubsub_numsub(channel)).get(channel):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+    await past_expiry(spillway, task_id)
+    await drain(spillway, task_id)
+    doc = (await poll).json()
+
+    assert (doc["status"], doc["attempts"], doc["started_at"]) == ("expired", 0, None)
+    assert doc["finished_at"] is not None
+    assert await expired_counts(http) == (before[0] + 1, before[1] + 1)
+
+
+async def expired_counts(http: httpx.AsyncClient) -> tuple[int, float]:
+    """Expired `echo` tasks as ``GET /stats`` and ``GET /metrics`` count them."""
+    stats = (await http.get("/stats")).json()
+    line = 'spillway_outcomes_stored_total{outcome="expired",type="echo"} '
+    exposed = (await http.get("/metrics")).text
+    values = [float(x[len(line) :]) for x in exposed.splitlines() if x.startswith(line)]
+    return stats["counts"].get("echo", {}).get("expired", 0), sum(values)
 
 
 async def test_healthz_and_readyz_answer_when_redis_is_up(http: httpx.AsyncClient) -> None:

@@ -52,6 +52,43 @@ async def test_a_group_redis_runs_after_the_deadline_refuses_only_its_own_tasks(
     assert stats == {"first": 2, "second": 0}
 
 
+async def test_a_python_enqueue_redis_ran_late_once_is_sent_again_and_written(
+    app: Spillway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stall of this process (or of Redis) past the script's deadline refuses the write with
+    # proof that nothing was written; the Python API tries once more rather than failing a
+    # caller who has no 503 to retry on. (The HTTP route answers 503 + Retry-After instead.)
+    @app.task
+    async def job(item: Item) -> None:
+        return None
+
+    await app.connect()
+    scripts = app.broker.core.scripts
+    queue_script = scripts.queue
+    armed = [True]  # the next accept runs late, once
+    late = 0
+
+    def the_armed_one_runs_late(pipe: Any, name: str, keys: list[str], args: list[Any]) -> None:
+        nonlocal late
+        if name == "accept" and armed:
+            armed.pop()
+            late += 1
+            args = [*args[:2], 1, *args[3:]]  # its deadline: long past when Redis runs it
+        queue_script(pipe, name, keys, args)
+
+    monkeypatch.setattr(scripts, "queue", the_armed_one_runs_late)
+    one = await app.enqueue("job", {"n": 1})
+    armed.append(True)
+    many = await app.enqueue_many([("job", {"n": 2})])
+    monkeypatch.undo()
+
+    assert late == 2  # each was refused late once
+    assert many[0].ok, many[0].error
+    for task_id in (one, many[0].task_id):
+        assert (await app.get(cast(str, task_id))).status is TaskStatus.QUEUED
+    assert (await app.stats()).queues[0].backlog == 2  # each written once
+
+
 async def test_enqueue_many_with_redis_gone_refuses_each_item_quickly(settings: Settings) -> None:
     async with own_server(settings) as (server, app):
 

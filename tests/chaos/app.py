@@ -83,6 +83,15 @@ async def work(payload: Job, ctx: TaskContext) -> dict[str, int | str]:
     return {"key": payload.key, "attempt": ctx.attempt}
 
 
+LIMIT = 3
+
+
+@app.task(max_retries=3, concurrency=LIMIT)
+async def limited(payload: Job, ctx: TaskContext) -> dict[str, int | str]:
+    """`work` under a concurrency limit of `LIMIT` across every worker (scenario 15)."""
+    return await work(payload, ctx)
+
+
 @app.task(max_retries=3)
 async def quiet(payload: Job) -> str:
     """Writes no execution log: for a Redis too full to take the log's writes (scenario 10)."""

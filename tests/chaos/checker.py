@@ -23,7 +23,7 @@ from spillway.broker.keys import Keys
 
 __all__ = ["TERMINAL", "Exec", "Store", "Verdict", "check", "snapshot"]
 
-TERMINAL = ("succeeded", "dead", "cancelled")
+TERMINAL = ("succeeded", "dead", "cancelled", "expired")
 
 
 @dataclass(frozen=True, slots=True)

@@ -302,7 +302,7 @@ class Stack:
         """(stream entries + due tasks, pending deliveries) over every queue and shard."""
         broker = self.spillway.broker
         backlog = pending = 0
-        for stream, (queue, shard) in broker.core.streams(self.spillway.queues).items():
+        for stream, (queue, shard) in broker.core.streams(self.spillway.lanes()).items():
             keys = broker.keys.shard(shard)
             backlog += int(await self.redis_client.xlen(stream))
             backlog += int(await self.redis_client.zcard(keys.due(queue)))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +17,9 @@ from tests.chaos.harness import Child, Stack
 from tests.chaos.load import History, Op
 from tests.chaos.report import record
 
-__all__ = ["SIZES", "Keeper", "Running", "conclude", "enqueue", "finish", "pick", "start"]
+__all__ = [
+    "SIZES", "Keeper", "Running", "WorkerKiller", "conclude", "enqueue", "finish", "pick", "start",
+]  # fmt: skip
 
 #: CI size runs in `make test`; full size only under `make chaos` (marker `chaos`).
 SIZES = [
@@ -76,14 +80,27 @@ async def conclude(
     nodes = await asyncio.to_thread(stack.primary_clients)
     try:
         store = await snapshot(
-            stack.redis_client, stack.prefix, stack.spillway.queues,
+            stack.redis_client, stack.prefix, stack.spillway.lanes(),
             shards=stack.settings.shards, nodes=nodes,
         )  # fmt: skip
     finally:
         for node in nodes:
             await node.aclose()
     check(verdict, history, store, **check_options)
+    if verdict.failures():
+        # What the processes printed when they failed (a 500's traceback is in an API's log).
+        verdict.notes["tracebacks"] = _tracebacks(stack.log_dir)
     return verdict, store
+
+
+def _tracebacks(log_dir: Path, limit: int = 2) -> list[str]:
+    """The first tracebacks in the stack's process logs, each cut to its last 1,500 chars."""
+    found = []
+    for log in sorted(log_dir.glob("*.log")):
+        text = log.read_text(errors="replace")
+        for part in text.split("Traceback (most recent call last):")[1 : limit + 1]:
+            found.append(f"{log.name}: ...{part[:4000][-1500:]}")
+    return found[:limit]
 
 
 async def enqueue(stack: Stack, items: Sequence[tuple[str, int]], key_prefix: str = "d") -> History:
@@ -137,3 +154,31 @@ def finish(verdict: Verdict) -> None:
     """Record the row, then fail the test if any check failed."""
     record(verdict)
     verdict.assert_passed()
+
+
+class WorkerKiller:
+    """Every `every` seconds, kill -9 a random live worker and start a new one (a new
+    consumer name), `planned` times; then, a second later, set `stop` so the load ends."""
+
+    def __init__(
+        self, stack: Stack, concurrency: int, planned: int, rng: random.Random, every: float = 2.0
+    ) -> None:
+        self.stack, self.concurrency, self.planned, self.rng = stack, concurrency, planned, rng
+        self.every = every
+        self.stop = asyncio.Event()
+        self.kills = 0
+        self.last_kill = 0.0
+
+    async def run(self) -> None:
+        while not self.stop.is_set():
+            await asyncio.sleep(self.every)
+            if self.stop.is_set():
+                return
+            victim = self.rng.choice(self.stack.live_workers())
+            await asyncio.to_thread(victim.kill)
+            self.kills += 1
+            self.last_kill = time.time()
+            self.stack.start_worker(self.concurrency)
+            if self.kills >= self.planned:
+                await asyncio.sleep(1.0)  # load goes on a little after the last kill
+                self.stop.set()

@@ -51,6 +51,10 @@ ROUTES = [
     Route("DELETE", "/tasks/{queued}"),
     Route("POST", "/dlq/{dead}/replay"),
     Route("POST", "/dashboard/replay/{dead}"),
+    Route("POST", "/queues/default/pause"),
+    Route("POST", "/dashboard/queues/default/pause"),
+    Route("POST", "/tasks/cancel", {"queue": "default"}),
+    Route("POST", "/dashboard/cancel", {"queue": "default"}),
 ]
 IDS = [f"{r.method} {r.path}" for r in ROUTES]
 
@@ -84,15 +88,16 @@ class World:
     app: Spillway
     dead: str
     queued: str
-    before: tuple[int, int]
+    before: tuple[int, int, list[str]]
 
     def url(self, route: Route) -> str:
         return route.path.format(dead=self.dead, queued=self.queued)
 
-    async def figures(self) -> tuple[int, int]:
-        """Tasks waiting or delayed, and tasks dead, over every queue."""
+    async def figures(self) -> tuple[int, int, list[str]]:
+        """Tasks waiting or delayed, tasks dead, over every queue, and the paused queues."""
         stats = await self.app.stats()
-        return sum(q.backlog + q.delayed for q in stats.queues), sum(q.dead for q in stats.queues)
+        waiting = sum(q.backlog + q.delayed for q in stats.queues)
+        return waiting, sum(q.dead for q in stats.queues), stats.paused
 
     async def assert_unchanged(self) -> None:
         assert (await self.app.get(self.dead)).status is TaskStatus.DEAD
@@ -103,13 +108,15 @@ class World:
 @pytest.fixture
 async def world(server: ApiServer) -> AsyncIterator[World]:
     app = server.spillway()
-    dead = await app.enqueue("explode", {"message": "target"})
-    await drain(app, dead)  # not a burst: the other tests' delayed tasks stay waiting
-    # Delayed an hour: no worker of this module's server runs it; it waits to be cancelled.
-    queued = await app.enqueue("resize", RESIZE, delay=3600)
-    w = World(app, dead, queued, (0, 0))
-    w.before = await w.figures()
-    try:
+    try:  # closed even when the set-up fails: its connections must not outlive the test
+        dead = await app.enqueue("explode", {"message": "target"})
+        await drain(app, dead)  # not a burst: the other tests' delayed tasks stay waiting
+        # Delayed an hour: no worker of this module's server runs it; it waits to be cancelled.
+        queued = await app.enqueue("resize", RESIZE, delay=3600)
+        # No queue paused: the refused pause routes must leave it so (the "works" tests pause).
+        await app.resume("default")
+        w = World(app, dead, queued, (0, 0, []))
+        w.before = await w.figures()
         yield w
     finally:
         await app.close()
@@ -179,7 +186,9 @@ async def test_a_request_marked_as_from_another_site_is_refused(
     await world.assert_unchanged()
 
 
-@pytest.mark.parametrize("path", ["/dlq/{dead}/replay", "/dashboard/replay/{dead}"])
+@pytest.mark.parametrize(
+    "path", ["/dlq/{dead}/replay", "/dashboard/replay/{dead}", "/dashboard/queues/default/pause"]
+)
 async def test_a_post_with_browser_credentials_must_show_it_is_no_simple_cross_site_request(
     http: httpx.AsyncClient, world: World, path: str
 ) -> None:
@@ -188,8 +197,12 @@ async def test_a_post_with_browser_credentials_must_show_it_is_no_simple_cross_s
     refused = await http.post(url, headers={"Authorization": "Basic b3BzOmtleQ=="})
     assert_problem(refused, 400, "bad-request")
     await world.assert_unchanged()
-    assert (await http.post(url, headers={"X-Spillway-Dashboard": "1"})).status_code == 202
-    assert (await world.app.get(world.dead)).status is TaskStatus.QUEUED
+    done = await http.post(url, headers={"X-Spillway-Dashboard": "1"})
+    assert done.status_code in (200, 202)
+    if "replay" in path:
+        assert (await world.app.get(world.dead)).status is TaskStatus.QUEUED
+    else:
+        assert await world.app.paused() == ["default"]
 
 
 @pytest.mark.parametrize("route", ROUTES, ids=IDS)
@@ -253,11 +266,45 @@ async def test_the_direct_route_admits_only_what_asgi_admits(settings: Settings)
     assert direct(rebound) is None
 
 
+#: Two values of one header, the first a harmless one: a proxy that reads the first and a
+#: check that read the last would disagree.
+REPEATED = {
+    "Content-Type": ["application/json", "text/plain"],
+    "Origin": ["http://127.0.0.1", EVIL],
+    "Sec-Fetch-Site": ["same-origin", "cross-site"],
+    "Idempotency-Key": ["one", "two"],
+}
+
+
+@pytest.mark.parametrize("name", list(REPEATED))
+@pytest.mark.parametrize("route", ROUTES[:3], ids=IDS[:3])
+async def test_a_header_a_decision_reads_may_not_come_twice(
+    http: httpx.AsyncClient, world: World, route: Route, name: str
+) -> None:
+    headers = [(name, value) for value in REPEATED[name]]
+    if name != "Content-Type":
+        headers.append(("Content-Type", "application/json"))
+    body = orjson.dumps(route.body)
+    response = await http.request(route.method, world.url(route), content=body, headers=headers)
+    assert_problem(response, 400, "bad-request")
+    assert f"{name} is sent more than once" in response.json()["detail"]
+    await world.assert_unchanged()
+
+
+async def _chunks() -> AsyncIterator[bytes]:
+    yield orjson.dumps(TASK)
+
+
 async def test_answers_carry_security_headers(server: ApiServer, http: httpx.AsyncClient) -> None:
-    accepted = await http.post("/tasks", json=TASK)  # the direct route
+    accepted = await http.post("/tasks", json=TASK)  # the direct route (on the fast protocol)
+    # A chunked body is never the direct route's: accepted through ASGI.
+    chunked = await http.post(
+        "/tasks", content=_chunks(), headers={"Content-Type": "application/json"}
+    )
     refused = await http.post("/tasks", json=TASK, headers={"Origin": EVIL})  # ASGI
     stats = await http.get("/stats")  # FastAPI's routing
-    for response in (accepted, refused, stats):
+    assert accepted.status_code == chunked.status_code == 202, chunked.text
+    for response in (accepted, chunked, refused, stats):
         assert response.headers["x-content-type-options"] == "nosniff"
         assert response.headers["x-frame-options"] == "DENY"
         assert "frame-ancestors 'none'" in response.headers["content-security-policy"]

@@ -14,7 +14,7 @@ from starlette.types import Receive, Scope, Send
 
 from spillway import __version__
 from spillway.api.accept import Accept, route_path
-from spillway.api.auth import Auth
+from spillway.api.auth import ADMIN, Auth
 from spillway.api.body import ClientGone
 from spillway.api.browsers import API_HEADERS, SiteCheck
 from spillway.api.docs import add_docs_routes
@@ -53,8 +53,10 @@ class SpillwayAPI(FastAPI):
         self.spillway = spillway
         self._auth = auth
         self._accept = accept
-        # What the fast protocol asks for a request it can answer without ASGI.
+        # What the fast protocol asks for a request it can answer without ASGI, and the
+        # headers it adds to each such answer, serialised once instead of once per answer.
         self.direct_route = accept.direct_route
+        self.direct_headers = b"".join(b"%s: %s\r\n" % header for header in API_HEADERS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -72,7 +74,8 @@ class SpillwayAPI(FastAPI):
                 rendered = await self._accept.handle(path, scope, receive)
             except ClientGone:
                 return
-            await send_rendered(send, rendered)
+            status, headers, body = rendered
+            await send_rendered(send, (status, [*headers, *API_HEADERS], body))
             return
         await super().__call__(scope, receive, _secured(send))
 
@@ -118,6 +121,7 @@ def create_app(app: Spillway) -> FastAPI:
         except BrokerUnavailable as exc:
             # Serve anyway: /readyz says not ready, and requests answer 503 until Redis is back.
             log.warning("Redis is not reachable at start-up: %s", exc)
+        app.broker.drain.start()  # the drain rate behind Retry-After (spillway.pacing)
         try:
             yield
         finally:
@@ -132,7 +136,17 @@ def create_app(app: Spillway) -> FastAPI:
         docs_url=None,  # served from the package, not a CDN: `add_docs_routes`
         swagger_ui_oauth2_redirect_url=None,
     )
-    auth = Auth(settings.api_keys, browser=is_dashboard, sites=SiteCheck(settings.allowed_hosts))
+    auth = Auth(
+        settings.api_keys,
+        browser=is_dashboard,
+        sites=SiteCheck(settings.allowed_hosts),
+        admin_keys=settings.admin_keys,
+    )
+    if not auth.has_admin:
+        log.warning(
+            "SPILLWAY_API_KEYS is set but SPILLWAY_ADMIN_KEYS is not: no key may read the "
+            "dead letters, stats, metrics or the dashboard"
+        )
     accept = Accept(app, auth)
     api.setup_spillway(app, auth, accept)
     _add_error_handlers(api)
@@ -146,7 +160,7 @@ def create_app(app: Spillway) -> FastAPI:
 
 def _add_error_handlers(api: FastAPI) -> None:
     async def problem(request: Request, exc: Exception) -> Response:
-        status, headers, body = render(exc)
+        status, headers, body = render(exc, admin=request.scope.get(ADMIN, False))
         out = Response(body, status_code=status)
         out.raw_headers = headers
         return out

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from spillway.api.body import Scope
+from spillway.api.headers import Scope, preflighted, request_headers
 from spillway.api.problems import HTTPProblem
 
 __all__ = ["API_HEADERS", "PAGE_HEADERS", "SiteCheck", "page_policy"]
@@ -28,9 +28,6 @@ _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _FORM_TYPES = frozenset(
     {b"application/x-www-form-urlencoded", b"multipart/form-data", b"text/plain"}
 )
-# Headers a page can only send after a CORS preflight, which this API never grants. Not
-# Authorization: a browser resends Basic credentials by itself (the dashboard's login).
-_PREFLIGHTED = frozenset({b"x-api-key", b"x-requested-with"})
 _OWN_SITE = frozenset({b"same-origin", b"none"})
 _DEFAULT_PORTS = {b"http": b":80", b"https": b":443"}
 # Probes of an orchestrator often name the pod's address; they answer nothing worth rebinding.
@@ -81,29 +78,32 @@ class SiteCheck:
         unsafe = scope["method"] not in _SAFE_METHODS
         if not unsafe and self.hosts is None:
             return
-        host = origin = site = media = None
-        preflighted = ambient = False
-        for name, value in scope["headers"]:
-            if name == b"host":
-                host = value
-            elif name == b"content-type":
-                media = value.split(b";", 1)[0].strip().lower()
-            elif name == b"origin":
-                origin = value
-            elif name == b"sec-fetch-site":
-                site = value
-            elif name in _PREFLIGHTED or name.startswith(b"x-spillway-"):
-                preflighted = True
-            elif name == b"authorization":
-                bearer = value[:7].lower() == b"bearer "
-                preflighted, ambient = preflighted or bearer, ambient or not bearer
-            elif name == b"cookie":
-                ambient = True
+        found = request_headers(scope)
+        if (
+            self.hosts is None
+            and found.get(b"content-type") == b"application/json"
+            and b"origin" not in found
+            and b"sec-fetch-site" not in found
+        ):
+            # An API client's request (most of them): any Host, no mark of another site, and
+            # a media type a cross-site page cannot send without a preflight. Nothing below
+            # could refuse it; this saves the accept path a third of the check.
+            return
+        host = found.get(b"host")
+        media = found.get(b"content-type")
+        if media is not None and media != b"application/json":
+            media = _media(media)
+        # Credentials a browser resends by itself: a cookie, Basic (the dashboard's login).
+        # A bearer token is not one: a page can send Authorization only after a preflight.
+        authorization = found.get(b"authorization")
+        bearer = authorization is not None and authorization[:7].lower() == b"bearer "
+        ambient = b"cookie" in found or (authorization is not None and not bearer)
         if self.hosts is not None and path not in _PROBES and not _serves(host, self.hosts):
             shown = (host or b"").decode("latin-1") or "none"
             raise HTTPProblem(421, "host-not-allowed", f"this server does not serve Host {shown}")
         if not unsafe:
             return
+        site, origin = found.get(b"sec-fetch-site"), found.get(b"origin")
         if site is not None and site not in _OWN_SITE:
             detail = f"a request from another site (Sec-Fetch-Site: {site.decode('latin-1')})"
             raise HTTPProblem(403, "cross-site-request", f"{detail} cannot change anything")
@@ -116,7 +116,7 @@ class SiteCheck:
                 "unsupported-media-type",
                 f"no route takes {media.decode('latin-1')}: send application/json",
             )
-        if ambient and not (preflighted or origin is not None or _is_json(media)):
+        if ambient and not (bearer or origin is not None or _is_json(media) or preflighted(found)):
             # Credentials a browser resends by itself, on a POST a cross-site page can make
             # a browser that names no origin send: the client must show it is not one.
             raise HTTPProblem(
@@ -137,6 +137,11 @@ def _serves(host: bytes | None, hosts: frozenset[str]) -> bool:
         name == allowed or (allowed[:1] == "." and (name.endswith(allowed) or name == allowed[1:]))
         for allowed in hosts
     )
+
+
+def _media(value: bytes) -> bytes:
+    """A Content-Type's media type, without parameters, in lower case."""
+    return value.split(b";", 1)[0].strip().lower()
 
 
 def _is_json(media: bytes | None) -> bool:

@@ -59,7 +59,7 @@ def openapi_builder(api: FastAPI, app: Spillway) -> Callable[[], dict[str, Any]]
                         response["content"] = {"application/problem+json": {"schema": problem}}
         for unused in ("HTTPValidationError", "ValidationError"):
             schemas.pop(unused, None)
-        if app.settings.api_keys:
+        if app.settings.api_keys or app.settings.admin_keys:
             doc["components"]["securitySchemes"] = {
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},

@@ -8,7 +8,6 @@ method) use ``about:blank`` with the status phrase as title, as RFC 9457 suggest
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -21,7 +20,9 @@ from starlette.exceptions import HTTPException
 from spillway.errors import (
     BacklogFull,
     BrokerUnavailable,
+    CallerQuotaFull,
     ConfigurationError,
+    FilterInvalid,
     IdempotencyConflict,
     OutcomeUnknown,
     PayloadInvalid,
@@ -31,8 +32,10 @@ from spillway.errors import (
     TaskFailed,
     TaskNotCancellable,
     TaskNotFound,
+    UnknownQueue,
     UnknownTaskType,
 )
+from spillway.pacing import header_seconds, spread
 
 __all__ = [
     "PROBLEM_PREFIX",
@@ -79,6 +82,7 @@ _CORE: list[tuple[type[SpillwayError], str, int, str]] = [
     (UnknownTaskType, "unknown-task-type", 422, "Unknown task type"),
     (PayloadInvalid, "payload-invalid", 422, "Invalid payload"),
     (IdempotencyConflict, "idempotency-key-reused", 422, "Idempotency key reused"),
+    (CallerQuotaFull, "caller-quota", 429, "Caller quota reached"),
     (BacklogFull, "backlog-full", 429, "Backlog full"),
     (OutcomeUnknown, "outcome-unknown", 503, "Queue unavailable, outcome unknown"),
     (BrokerUnavailable, "broker-unavailable", 503, "Queue unavailable"),
@@ -86,6 +90,8 @@ _CORE: list[tuple[type[SpillwayError], str, int, str]] = [
     # 409, not 500: the server works; this one task's stored state does not fit the resource.
     (RecordUnreadable, "record-unreadable", 409, "Task record unreadable"),
     (TaskNotCancellable, "task-not-cancellable", 409, "Task not cancellable"),
+    (UnknownQueue, "queue-not-found", 404, "Queue not found"),
+    (FilterInvalid, "filter-invalid", 422, "Invalid filter"),
     (ResultTimeout, "result-timeout", 504, "Result timeout"),
     (TaskFailed, "task-failed", 409, "Task failed"),
     (ConfigurationError, "configuration-error", 500, "Server misconfigured"),
@@ -103,6 +109,7 @@ SLUGS = frozenset(
         "request-header-too-large",
         "unsupported-media-type",
         "unauthorized",
+        "forbidden",
         "cross-site-request",
         "host-not-allowed",
         "request-invalid",
@@ -119,6 +126,7 @@ _TITLES = {
     "request-header-too-large": "Request head too large",
     "unsupported-media-type": "Unsupported media type",
     "unauthorized": "Unauthorized",
+    "forbidden": "Forbidden",
     "cross-site-request": "Cross-site request refused",
     "host-not-allowed": "Host not served",
     "request-invalid": "Invalid request",
@@ -136,18 +144,25 @@ class Problem:
     headers: dict[str, str]
 
 
-def describe(exc: BaseException, *, body_loc: Sequence[str | int] = ("body", "payload")) -> Problem:
+def describe(
+    exc: BaseException,
+    *,
+    body_loc: Sequence[str | int] = ("body", "payload"),
+    admin: bool = False,
+) -> Problem:
     """The problem document for any exception the API lets out.
 
     ``body_loc`` is where a task's payload sits in the request body: payload validation errors
-    are reported from the body's root, so they name the field as the client sent it.
+    are reported from the body's root, so they name the field as the client sent it. What
+    only an operator needs (the registered task types, why a stored record is unreadable) is
+    in the document for an ``admin`` only; nothing internal (exception text, paths) is in any.
     """
     if isinstance(exc, HTTPProblem):
         return _problem(
             exc.status, exc.slug, _TITLES.get(exc.slug, "Error"), exc.detail, exc.headers, exc.extra
         )
     if isinstance(exc, SpillwayError):
-        return _core(exc, tuple(body_loc))
+        return _core(exc, tuple(body_loc), admin)
     if isinstance(exc, RequestValidationError):
         errors = [_plain_error(e) for e in exc.errors()]
         return _problem(
@@ -173,9 +188,14 @@ def describe(exc: BaseException, *, body_loc: Sequence[str | int] = ("body", "pa
     )
 
 
-def render(exc: BaseException, *, body_loc: Sequence[str | int] = ("body", "payload")) -> Rendered:
-    """The problem+json response for any exception the API lets out."""
-    problem = describe(exc, body_loc=body_loc)
+def render(
+    exc: BaseException,
+    *,
+    body_loc: Sequence[str | int] = ("body", "payload"),
+    admin: bool = False,
+) -> Rendered:
+    """The problem+json response for any exception the API lets out (see `describe`)."""
+    problem = describe(exc, body_loc=body_loc, admin=admin)
     body = orjson.dumps(problem.doc)
     headers = [(b"content-type", CONTENT_TYPE), (b"content-length", str(len(body)).encode())]
     for name, value in problem.headers.items():
@@ -183,7 +203,7 @@ def render(exc: BaseException, *, body_loc: Sequence[str | int] = ("body", "payl
     return problem.status, headers, body
 
 
-def _core(exc: SpillwayError, body_loc: tuple[str | int, ...]) -> Problem:
+def _core(exc: SpillwayError, body_loc: tuple[str | int, ...], admin: bool) -> Problem:
     slug, status, title = next(
         ((s, code, t) for cls, s, code, t in _CORE if isinstance(exc, cls)),
         ("internal-error", 500, _TITLES["internal-error"]),
@@ -192,13 +212,17 @@ def _core(exc: SpillwayError, body_loc: tuple[str | int, ...]) -> Problem:
     headers: dict[str, str] = {}
     detail = str(exc)
     if isinstance(exc, UnknownTaskType):
+        # A client learns that its type is unknown, not which types exist.
+        if not admin:
+            detail = exc.brief
         extra = {
             "task_type": exc.task_type,
-            "known": exc.known,
             "errors": [
                 {"loc": [*body_loc[:-1], "type"], "msg": detail, "type": "unknown_task_type"}
             ],
         }
+        if admin:
+            extra["known"] = exc.known
     elif isinstance(exc, PayloadInvalid):
         extra = {
             "task_type": exc.task_type,
@@ -206,7 +230,10 @@ def _core(exc: SpillwayError, body_loc: tuple[str | int, ...]) -> Problem:
         }
         detail = f"invalid payload for {exc.task_type!r}: {describe_errors(extra['errors'])}"
     elif isinstance(exc, BacklogFull | BrokerUnavailable):
-        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+        # A full backlog's wait is paced and jittered already (`spillway.pacing`); Redis
+        # trouble has no drain figures, so it is only spread, over 1 to 3 times its value.
+        wait = exc.retry_after if isinstance(exc, BacklogFull) else spread(exc.retry_after)
+        headers["Retry-After"] = header_seconds(wait)
         if isinstance(exc, BacklogFull):
             extra = {"queue": exc.queue, "limit": exc.limit}
         elif isinstance(exc, OutcomeUnknown) and exc.task_id:
@@ -223,7 +250,16 @@ def _core(exc: SpillwayError, body_loc: tuple[str | int, ...]) -> Problem:
         if isinstance(exc, TaskNotCancellable):
             extra["task_status"] = exc.status
         elif isinstance(exc, RecordUnreadable):
-            extra["reason"] = exc.reason
+            if admin:
+                extra["reason"] = exc.reason
+            else:
+                detail = f"the stored record of task {exc.task_id!r} cannot be read"
+    elif isinstance(exc, UnknownQueue):
+        extra = {"queue": exc.queue}
+        if admin:
+            extra["known"] = exc.known
+        else:
+            detail = f"no queue named {exc.queue!r}"
     elif isinstance(exc, ConfigurationError):
         log.error("configuration error: %s", exc)
         detail = "the server is misconfigured; see its log"

@@ -13,7 +13,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 
-from spillway.records import TaskRecord, TaskStatus
+from spillway.expiry import MAX_EXPIRES_S
+from spillway.records import Callback, TaskStatus, resource
 from spillway.tasks import TaskDef
 
 __all__ = [
@@ -23,9 +24,12 @@ __all__ = [
     "BatchItemResult",
     "BatchResult",
     "BatchSubmission",
+    "CancelRequest",
+    "CancelResult",
     "DeadLetters",
     "Health",
     "ProblemDoc",
+    "QueueState",
     "TaskAccepted",
     "TaskResource",
     "TaskSubmission",
@@ -53,6 +57,26 @@ class TaskSubmission(BaseModel):
     )
     timeout_s: float | None = Field(
         default=None, gt=0, le=MAX_TIMEOUT_S, description="Seconds one attempt may run."
+    )
+    priority: Literal["high", "default", "low"] | None = Field(
+        default=None,
+        description="Higher levels start first; lower ones keep a share (default: the type's).",
+    )
+    expires_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_EXPIRES_S,
+        description="Not started this many seconds after it is accepted, the task ends "
+        "`expired` and never runs (replaces the type's default; must exceed `delay_s`).",
+    )
+    callback_url: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=2048,
+        description="Once the task ends, its resource is POSTed here, signed "
+        "(`Spillway-Signature`), retried with backoff until a 2xx (replaces the type's "
+        "default). http or https; private, loopback and link-local addresses are refused "
+        "unless SPILLWAY_CALLBACK_ALLOW_NETWORKS holds them.",
     )
 
 
@@ -115,6 +139,7 @@ class TaskResource(BaseModel):
     id: str
     type: str
     queue: str
+    priority: Literal["high", "default", "low"]
     status: TaskStatus
     attempts: int
     max_retries: int
@@ -124,6 +149,17 @@ class TaskResource(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     due_at: datetime | None = None
+    expires_at: datetime | None = None
+    cancel_requested_at: datetime | None = Field(
+        default=None,
+        description="When a cancel reached the task while it ran: it is being stopped and "
+        "ends `cancelled`.",
+    )
+    callback: Callback | None = Field(
+        default=None,
+        description="Its completion webhook, if it has one: `pending` until a delivery got a "
+        "2xx (`delivered`) or the retries ran out (`failed`).",
+    )
     links: TaskLinks
 
 
@@ -137,23 +173,44 @@ class Health(BaseModel):
     status: str
 
 
-def resource(record: TaskRecord, root_path: str = "") -> dict[str, Any]:
-    """The status resource of a task (payload and traceback stay server-side)."""
-    return {
-        "id": record.id,
-        "type": record.type,
-        "queue": record.queue,
-        "status": record.status.value,
-        "attempts": record.attempts,
-        "max_retries": record.max_retries,
-        "result": record.result,
-        "error": record.error,
-        "created_at": record.created_at,
-        "started_at": record.started_at,
-        "finished_at": record.finished_at,
-        "due_at": record.due_at,
-        "links": {"self": f"{root_path}/tasks/{record.id}"},
-    }
+class QueueState(BaseModel):
+    """Whether workers start a queue's tasks; `changed` is false when it already was so."""
+
+    queue: str
+    paused: bool
+    changed: bool
+
+
+class CancelRequest(BaseModel):
+    """The body of ``POST /tasks/cancel``: a filter (every criterion given must hold; at least
+    one is required) and one page of the sweep."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    queue: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    type: str | None = Field(default=None, min_length=1, max_length=200)
+    priority: Literal["high", "default", "low"] | None = None
+    older_than_s: float | None = Field(
+        default=None, ge=0, le=10**9, description="Only tasks accepted this long ago or more."
+    )
+    dry_run: bool = Field(default=False, description="Count the matching tasks; cancel none.")
+    cursor: str | None = Field(
+        default=None,
+        max_length=400,
+        description="The `cursor` of the previous page; absent for the first.",
+    )
+    limit: int = Field(default=500, ge=1, le=1000, description="At most this many entries read.")
+
+
+class CancelResult(BaseModel):
+    """One page of a bulk cancel. While `more` is true, send the same filter with `cursor`."""
+
+    examined: int
+    matched: int
+    cancelled: int
+    dry_run: bool
+    more: bool
+    cursor: str | None
 
 
 def submission_schemas(tasks: dict[str, TaskDef]) -> tuple[Any, Any, dict[str, Any]]:

@@ -32,7 +32,8 @@ log = logging.getLogger("spillway.api")
 #: The environment variable that tells the server's processes which application to serve.
 APP_ENV = "SPILLWAY_API_APP"
 
-#: The largest request head (request line and headers) accepted; larger ones get 431.
+#: The largest request head accepted, in bytes as sent: the request line, the header lines
+#: and the blank line's CRLF. One byte more gets 431 (under the fast protocol only).
 HEAD_LIMIT = 64 * 1024
 
 #: The exit status of a server whose start-up failed (the application's lifespan refused to
@@ -171,10 +172,11 @@ def server(
     HTTP/1.1 on httptools and uvloop, no websockets, no access log and no proxy headers.
     With ``settings.fast_path`` on and `spillway.api.uvicorn_fast.probe` passing, the protocol
     is `spillway.api.uvicorn_fast.FastProtocol`: direct routes, the request head bounded in
-    size (`HEAD_LIMIT`) and time (``settings.head_timeout``), the pauses in a body bounded
+    size (`HEAD_LIMIT`) and time (``settings.head_timeout``), every body bounded in time
     (``settings.body_timeout``) and a lingering close after a refused body. Otherwise it is
     uvicorn's own httptools protocol, with one warning saying why; the application answers
-    the same, without those bounds (docs/reliability.md says what each loses). `options` are
+    the same, without the head bounds, and with the body deadline the accept routes keep
+    themselves (docs/security.md#connection-limits says what each path does). `options` are
     more `uvicorn.Config` arguments (the tests' in-process servers pass some). uvicorn over
     granian: it answered more requests in the same runs (docs/benchmarks.md#http-accept).
     """
@@ -208,7 +210,7 @@ def server(
     else:
         log.warning(
             "Serving with uvicorn %s's own httptools protocol, without direct routes or the "
-            "server's bounds on request heads, body pauses and lingering closes: %s",
+            "server's bounds on request heads and lingering closes: %s",
             uvicorn.__version__,
             why_not,
         )

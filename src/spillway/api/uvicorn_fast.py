@@ -1,5 +1,5 @@
-"""`FastProtocol`: uvicorn's httptools protocol, extended: direct routes, bounded request heads
-and body pauses, a lingering close and one-write answers.
+"""`FastProtocol`: uvicorn's httptools protocol, extended: direct routes, request heads and
+bodies bounded in size and time, a lingering close and one-write answers.
 
 This is the only module that touches uvicorn's private names. It relies on
 ``uvicorn.protocols.http.httptools_impl``: the class `HttpToolsProtocol` (its constructor,
@@ -23,19 +23,28 @@ What the fast protocol adds, per connection (none of it exists on the stock path
   ``Expect: 100-continue``, no upgrade, not pipelined behind an answer under way, a body
   declared by ``Content-Length`` of at most `DIRECT_BODY` bytes. It reads the body, calls
   ``handler(scope, body)`` and writes the ``(status, headers, body)`` it gets, with the
-  server's default headers, in one write. The handler may return that answer, a future of it,
-  or a coroutine, which runs as a task as an ASGI application does, so a graceful shutdown
-  waits for it. It must answer every request itself and set ``content-length``; one that
-  raises gets a 500 and its connection closed. Everything else goes through ASGI, whose cycle
-  is most of what uvicorn costs per request
+  server's default headers and the application's ``direct_headers`` (header lines, each
+  ending in CRLF, the same on every answer: serialised once), in one write. The handler may
+  return that answer, a future of it, or a coroutine, which runs as a task as an ASGI
+  application does, so a graceful shutdown waits for it. It must answer every request itself
+  and set ``content-length``; one that raises gets a 500 and its connection closed.
+  Everything else goes through ASGI, whose cycle is most of what uvicorn costs per request
   (docs/benchmarks.md#what-the-fast-protocol-buys).
 * **The size of a request head.** httptools gathers a header of any size in memory. A head
-  past `ServerConfig.head_limit` bytes gets ``431`` and its connection is closed.
+  of more than `ServerConfig.head_limit` bytes gets ``431`` and its connection is closed,
+  however its bytes fall into reads (alone, with its body, behind a pipelined request). The
+  limit counts the head as sent: every byte from the end of the previous request (or the
+  start of the connection), so empty lines before the request line too, through the CRLF of
+  the blank line that ends it. A head of exactly the limit is served.
 * **The time a request head may take.** A head that has not arrived `ServerConfig.head_timeout`
   seconds after its first byte (or after the connection opened) gets ``408`` and its
   connection is closed, within a quarter of the timeout (at most 1 s) after the deadline.
-* **The pauses in a request body.** A body that has not moved for `ServerConfig.body_timeout`
-  seconds (time the server itself held it back by flow control does not count) gets ``408``.
+* **The time a request body may take.** A body not all received `ServerConfig.body_timeout`
+  seconds after its head (time the server itself held it back by flow control, while the
+  application was not reading, does not count) gets ``408`` and its connection is closed,
+  within a quarter of the timeout (at most 1 s) after the deadline, whatever its size and
+  however steadily it trickles in. If the application has already answered, the connection
+  is closed; an answer still under way is left to finish.
 * **The close after a refused body.** uvicorn closes as soon as an answer with
   ``Connection: close`` is sent, so a client still sending its body gets a reset in place of
   its ``413``. Here the connection reads on and drops what arrives (a lingering close) until
@@ -221,7 +230,8 @@ class _Clock:
         self.loop = loop
         self.connections = connections
         self.period = min(1.0, head_timeout / 4, body_timeout / 4, keep_alive / 4)
-        # A head, a pause in a body, or one while lingering may last this many whole ticks.
+        # A head, a body, an idle connection or a pause while lingering may last this many
+        # whole ticks.
         self.head_ticks = math.ceil(head_timeout / self.period)
         self.idle_ticks = math.ceil(keep_alive / self.period)
         self.body_ticks = math.ceil(body_timeout / self.period)
@@ -238,13 +248,14 @@ class _Clock:
 
 
 class FastProtocol(HttpToolsProtocol):
-    """HTTP/1.1 with direct routes, a bounded request head (size and time) and body pauses,
-    and a lingering close (the module docstring says each)."""
+    """HTTP/1.1 with direct routes, request heads and bodies bounded in size and time, and a
+    lingering close (the module docstring says each)."""
 
     def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
         route = getattr(self.app, "direct_route", None)
         self._direct_route: Callable[[Scope], DirectHandler | None] | None = route
+        self._direct_headers: bytes = getattr(self.app, "direct_headers", b"")
         bounds = cast(ServerConfig, config)  # the protocol of ServerConfig only
         self._head_limit = bounds.head_limit
         self._head_timeout = bounds.head_timeout
@@ -262,13 +273,17 @@ class FastProtocol(HttpToolsProtocol):
             self.server_state.spillway_clock = clock  # type: ignore[attr-defined]
         self._clock = clock
         self._in_head = True  # the next bytes belong to a request head
-        self._head_bytes = 0
+        self._head_bytes = 0  # of the head under way, as sent
         self._head_since: int | None = None  # the tick the head under way began at
         self._in_body = False  # a request's body is under way
+        self._body_since = 0  # the tick its head ended at, moved on by ticks held back
+        self._body_left = 0  # bytes of a Content-Length body not yet read; -1: chunked
+        self._tail = b""  # the last bytes of the head or chunked body under way (<= 3)
         self._idle_since: int | None = None  # the tick the last answer completed at, if idle
-        self._body_seen = 0  # the tick its last bytes arrived at (also while lingering)
+        self._body_seen = 0  # the tick bytes last arrived at while lingering
         self._lingering = False
         self._dropped = 0
+        self._refusal: tuple[int, str] | None = None  # of a head, sent after earlier answers
         self._socket: asyncio.Transport  # the transport itself, whose close does not linger
 
     # Connection events
@@ -293,14 +308,36 @@ class FastProtocol(HttpToolsProtocol):
             if self._dropped > LINGER_BYTES:
                 self._close_now()
             return
+        if self._refusal is not None:
+            return  # a head was refused: nothing after it is read
         self._idle_since = None
-        if self._in_head:
-            self._head_bytes += len(data)
-        else:
-            self._body_seen = self._clock.tick
-        super().data_received(data)
-        if self._in_head and self._head_bytes > self._head_limit:
-            self._refuse(431, f"the request head is larger than {self._head_limit} bytes")
+        # The parser is fed a piece at a time, cut where a head ends and where a body ends,
+        # so the size of every head is known to the byte however the reads fall: one read
+        # often holds a head with its body, or a head behind a pipelined request.
+        while data:
+            if self._in_head:
+                room = self._head_limit - self._head_bytes
+                end = _blank_line_end(self._tail, data)
+                if end > room or (end < 0 and len(data) > room):
+                    self._refuse(431, f"the request head is larger than {self._head_limit} bytes")
+                    return
+                piece, data = (data, b"") if end < 0 else (data[:end], data[end:])
+                self._head_bytes += len(piece)
+                # Kept until the head is parsed, or while the parser skips empty lines.
+                self._tail = piece[-3:] if len(piece) >= 3 else (self._tail + piece)[-3:]
+            elif self._body_left > 0:
+                left = self._body_left
+                piece, data = data[:left], data[left:]
+                self._body_left = left - len(piece)
+            elif self._body_left < 0:  # chunked: the last chunk and its trailers end blank
+                end = _blank_line_end(self._tail, data)
+                piece, data = (data, b"") if end < 0 else (data[:end], data[end:])
+                self._tail = piece[-3:] if len(piece) >= 3 else (self._tail + piece)[-3:]
+            else:  # not expected: the parser ends a message with its declared length
+                piece, data = data, b""
+            super().data_received(piece)
+            if self._socket.is_closing() or self.parser.should_upgrade():
+                return  # refused, or an upgrade uvicorn declines: it reads no further
 
     # Parser callbacks
 
@@ -313,7 +350,15 @@ class FastProtocol(HttpToolsProtocol):
         self._in_head = False
         self._head_since = None
         self._in_body = True
-        self._body_seen = self._clock.tick
+        self._body_since = self._clock.tick
+        self._tail = b""
+        # The parser has refused a duplicate Content-Length and one beside Transfer-Encoding.
+        self._body_left = 0
+        for name, value in self.headers:
+            if name == b"content-length":
+                self._body_left = int(value)
+            elif name == b"transfer-encoding":
+                self._body_left = -1
         handler = self._direct_handler() if self._direct_route is not None else None
         if handler is None:
             super().on_headers_complete()
@@ -336,12 +381,16 @@ class FastProtocol(HttpToolsProtocol):
             super().on_message_complete()
         self._in_head = True
         self._head_bytes = 0
+        self._tail = b""
         self._in_body = False
 
     def on_response_complete(self) -> None:
         # uvicorn's, with the keep-alive timeout noted for the clock instead of a timer armed.
         self.server_state.total_requests += 1
         if self.transport.is_closing():
+            return
+        if self._refusal is not None and not self.pipeline:
+            self._refuse(*self._refusal)
             return
         self.flow.resume_reading()
         if self.pipeline:
@@ -428,7 +477,7 @@ class FastProtocol(HttpToolsProtocol):
         keep_alive = cycle.keep_alive and answer is not _FAILED and not said_close
         if not keep_alive and not said_close:
             content.append(b"connection: close\r\n")
-        content += (b"\r\n", body)
+        content += (self._direct_headers, b"\r\n", body)
         cast(_Transport, self.transport).write_now(b"".join(content))  # whole: no need to hold
         if not keep_alive:
             self.transport.close()
@@ -437,9 +486,9 @@ class FastProtocol(HttpToolsProtocol):
     # The bounds
 
     def check_deadlines(self, tick: int) -> None:
-        """Refuse the request under way if its head has taken too long, or its body has not
-        moved for too long (while the server was reading it: a body held back by flow
-        control, because the application is not reading yet, is not the client's pause)."""
+        """Refuse the request under way if its head or its body has taken too long (a tick
+        the server held the body back by flow control, because the application was not
+        reading, is not the client's and moves the body's start on)."""
         if self._socket.is_closing():
             return
         idle = self._idle_since
@@ -458,11 +507,16 @@ class FastProtocol(HttpToolsProtocol):
         if not self._in_body:
             return
         if self.flow.read_paused:
-            self._body_seen = tick
-        elif tick - self._body_seen > self._clock.body_ticks:
+            self._body_since += 1
+        elif tick - self._body_since > self._clock.body_ticks:
             cycle = self.cycle
-            if cycle is not None and not cycle.response_started:
-                self._refuse(408, f"the request body stopped arriving for {self._body_timeout:g} s")
+            if cycle is None or not cycle.response_started:
+                detail = f"the request body did not arrive within {self._body_timeout:g} s"
+                self._refuse(408, detail)
+            elif cycle.response_complete:
+                # Answered early (and kept alive): nothing waits for the rest of this body.
+                self._in_body = False
+                self._close_now()
 
     def start_lingering(self) -> bool:
         """Called when uvicorn closes: true if the close is put off to linger, because an
@@ -488,9 +542,18 @@ class FastProtocol(HttpToolsProtocol):
         self._socket.close()
 
     def _refuse(self, status: int, detail: str) -> None:
-        """Answer a request the application never saw with a problem document, and close."""
+        """Answer a request the application never saw with a problem document, and close.
+
+        A head refused while earlier requests on the connection are still being answered
+        (pipelined) is answered after them, so their clients still get their answers.
+        """
         self._head_since = None
         self._in_body = False
+        cycle = self.cycle
+        if self._in_head and (self.pipeline or (cycle is not None and not cycle.response_complete)):
+            self._refusal = (status, detail)
+            self._socket.pause_reading()
+            return
         slug = "request-timeout" if status == 408 else "request-header-too-large"
         _, headers, body = render(HTTPProblem(status, slug, detail))
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode())]
@@ -499,6 +562,20 @@ class FastProtocol(HttpToolsProtocol):
         self._socket.write(b"".join(lines) + body)
         self._lingering = False
         self._socket.close()
+
+
+def _blank_line_end(tail: bytes, data: bytes) -> int:
+    """Where the first CRLF CRLF of ``tail + data`` ends, as an index into `data` (-1: none).
+
+    `tail` is the end (at most 3 bytes) of what came before, in which a blank line may have
+    begun. The parser takes no bare LF, so a head ends at its first CRLF CRLF.
+    """
+    if tail:
+        at = (tail + data[:3]).find(b"\r\n\r\n")
+        if at >= 0:
+            return at + 4 - len(tail)
+    at = data.find(b"\r\n\r\n")
+    return at + 4 if at >= 0 else -1
 
 
 def _failed(exc: BaseException | None) -> Rendered:

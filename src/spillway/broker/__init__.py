@@ -5,6 +5,7 @@ from spillway.broker.keys import GROUP, Keys, ShardKeys, new_task_id, shard_of
 from spillway.broker.types import (
     AcceptRequest,
     Delivery,
+    DueCheck,
     Outcome,
     Started,
     unavailable,
@@ -15,6 +16,7 @@ __all__ = [
     "AcceptRequest",
     "Broker",
     "Delivery",
+    "DueCheck",
     "Keys",
     "Outcome",
     "ShardKeys",

@@ -18,17 +18,23 @@ import orjson
 
 from spillway.broker.batch import Batch
 from spillway.broker.core import RedisCore
-from spillway.broker.keys import new_task_id, shard_of
+from spillway.broker.keys import GROUP, new_task_id, shard_of
 from spillway.broker.types import AcceptRequest, ms
 from spillway.errors import (
     BacklogFull,
     BrokerUnavailable,
+    CallerQuotaFull,
     IdempotencyConflict,
     OutcomeUnknown,
     PayloadInvalid,
 )
+from spillway.expiry import expiry_seconds
+from spillway.lanes import PRIORITIES, Priority
+from spillway.pacing import Bounds, Pacer
 from spillway.records import EnqueueResult
+from spillway.settings import Settings
 from spillway.tasks import TaskDef
+from spillway.webhooks import check_url
 
 __all__ = ["AcceptWriter"]
 
@@ -46,6 +52,20 @@ class AcceptWriter:
         s = core.settings
         self._idempotency_ttl_ms = ms(s.idempotency_ttl)
         self._limit = max(1, -(-s.backlog_limit // s.shards))  # per shard stream
+        #: A caller's waiting tasks per shard lane (SPILLWAY_CALLER_QUOTA); None: callers are
+        #: not tracked, and accept.lua gets neither the held keys nor the caller.
+        self._quota = max(1, int(s.caller_quota * self._limit)) if s.tracks_callers else None
+        #: The waits a refusal advises, from the drain rate `spillway.broker.drain` samples.
+        self.pacer = Pacer(
+            Bounds(s.retry_after_min, s.retry_after_max, s.retry_after_jitter),
+            limit=self._limit * s.shards,
+            shards=s.shards,
+            slow_down_at=s.slow_down_at,
+            halflife=s.drain_halflife,
+        )
+        #: lane -> the wait its 202s advise, only while it is above SPILLWAY_SLOW_DOWN_AT:
+        #: empty (one truth test per 202) otherwise. The pacer's own dict, updated in place.
+        self.slow_down = self.pacer.slow
         # The tasks waiting for the next round trip; its deadline (its first caller's), the
         # timer that fails its callers when that passes, and the batch it goes out in (which
         # tells the timer whether it was sent).
@@ -64,8 +84,19 @@ class AcceptWriter:
         delay: float | timedelta | None = None,
         max_retries: int | None = None,
         timeout: float | None = None,
+        owner: str = "",
+        priority: Priority | None = None,
+        expires: float | timedelta | None = None,
+        caller: str = "",
+        callback_url: str | None = None,
     ) -> AcceptRequest:
-        """Validate and serialise one task without writing it (`PayloadInvalid` if it is bad)."""
+        """Validate and serialise one task without writing it (`PayloadInvalid` if it is bad).
+
+        `owner` (the API caller that submits it, '' for none) is stored with the task: a client
+        key sees only the tasks it owns. `expires` replaces the type's default expiry. `caller`
+        names whose turn the task waits for and whose quota it counts against, when callers
+        are tracked (docs/architecture.md#callers). `callback_url` replaces the type's
+        completion webhook (spillway.webhooks.check_url says which URLs may be named)."""
         limit = self.core.settings.max_payload_bytes
         encoded = task.encode(payload)
         if len(encoded) > limit:
@@ -75,7 +106,17 @@ class AcceptWriter:
         delay_s = delay.total_seconds() if isinstance(delay, timedelta) else (delay or 0.0)
         if delay_s < 0:
             raise PayloadInvalid(task.name, [{"loc": ["delay"], "msg": "must not be negative"}])
+        # Inline for the common case: a task without expiry costs one comparison here.
+        expires_s = (
+            None if expires is None and task.expires is None else _expiry(task, expires, delay_s)
+        )
+        callback = task.callback_url if callback_url is None else callback_url
+        if callback:
+            _check_callback(task, callback, self.core.settings)
         policy = task.policy.replace(max_retries=max_retries, timeout=timeout)
+        lane = task.lanes.get(priority)  # None (the type's own) and every level are there
+        if lane is None:
+            raise _bad_priority(task)
         shards = self.core.settings.shards
         if idempotency_key is None:
             scoped, task_id, fingerprint = None, new_task_id(), ""
@@ -84,19 +125,36 @@ class AcceptWriter:
             scoped = hashlib.sha256(idempotency_key.encode()).hexdigest()
             task_id = new_task_id(shard_of(scoped, shards), shards)
             canonical = orjson.dumps(orjson.loads(encoded), option=orjson.OPT_SORT_KEYS)
+            # The lane (the priority) counts only when it is not the type's own, so keys sent
+            # before priorities existed keep their fingerprints.
+            options = f"{delay_s}|{policy.text}" + (f"|{lane}" if lane != task.lane() else "")
+            if expires_s is not None:  # only then: the fingerprints of tasks without one stay
+                options += f"|{expires_s}"
+            if callback:
+                options += f"|{callback}"
             fingerprint = hashlib.sha256(
-                b"|".join([task.name.encode(), canonical, f"{delay_s}|{policy.text}".encode()])
+                b"|".join([task.name.encode(), canonical, options.encode()])
             ).hexdigest()[:32]
         return AcceptRequest(
             task_id=task_id,
             type=task.name,
-            queue=task.queue,
+            queue=lane,
             payload=encoded,
             policy=policy,
             delay_ms=int(delay_s * 1000),
             idempotency_key=scoped,
             fingerprint=fingerprint,
+            owner=owner,
+            expires_ms=0 if expires_s is None else ms(expires_s),
+            caller=caller,
+            callback=callback or "",
         )
+
+    def advice(self, lane: str) -> bytes | None:
+        """The advisory ``Retry-After`` of a 202 for a task of this lane (jittered), or None
+        while the lane is below SPILLWAY_SLOW_DOWN_AT. Callers test `slow_down` first."""
+        wait = self.pacer.advice(lane)
+        return None if wait is None else wait.encode()
 
     def accept(self, request: AcceptRequest) -> asyncio.Future[str]:
         """Write one task with those of concurrent callers; the future of the task's id.
@@ -187,9 +245,12 @@ class AcceptWriter:
         await self.core.ready()
         keys_of = self.core.keys
         shards = self.core.settings.shards
-        groups: dict[tuple[int, str], list[int]] = {}
+        quota = self._quota
+        # One group per shard and lane, and per caller when callers are tracked.
+        groups: dict[tuple[int, str, str], list[int]] = {}
         for i, r in enumerate(requests):
-            groups.setdefault((shard_of(r.task_id, shards), r.queue), []).append(i)
+            caller = "" if quota is None else r.caller
+            groups.setdefault((shard_of(r.task_id, shards), r.queue, caller), []).append(i)
         # The callers give up at their deadline, or when the reply takes longer than the socket
         # timeout from now, whichever comes first.
         script_deadline = self.core.deadline_ms(self.core.settings.redis_timeout)
@@ -197,19 +258,28 @@ class AcceptWriter:
             script_deadline = min(script_deadline, deadline)
 
         def build(pipe: Batch) -> None:
-            for (k, queue), idx in groups.items():
+            for (k, queue, caller), idx in groups.items():
                 shard = keys_of.shard(k)
                 records: list[str] = []
                 idems: list[str] = []
-                args: list[Any] = [self._limit, self._idempotency_ttl_ms, script_deadline, queue]
+                # A trace and a callback are sent only in batches where a task has one.
+                extras = any(requests[i].trace or requests[i].callback for i in idx)
+                args: list[Any] = [self._limit, self._idempotency_ttl_ms, script_deadline, queue,
+                                   10 if extras else 8]  # fmt: skip
                 for i in idx:
                     r = requests[i]
                     records.append(shard.task(r.task_id))
                     if r.idempotency_key:
                         idems.append(shard.idempotency(r.idempotency_key))
                     args += (r.task_id, r.type, r.payload, r.delay_ms, r.policy.text,
-                             r.fingerprint if r.idempotency_key else "")  # fmt: skip
-                keys = [shard.stream(queue), shard.due(queue), *records, *idems]
+                             r.fingerprint if r.idempotency_key else "", r.owner,
+                             r.expires_ms or "")  # fmt: skip
+                    if extras:
+                        args += (r.trace, r.callback)
+                keys = [shard.stream(queue), shard.due(queue), shard.feed, *records, *idems]
+                if quota is not None:
+                    keys += (shard.held(queue), shard.rounds(queue))
+                    args += (caller, quota, GROUP)
                 self.core.scripts.queue(pipe, "accept", keys, args)
 
         results: list[EnqueueResult | None] = [None] * len(requests)
@@ -236,8 +306,47 @@ class AcceptWriter:
             return EnqueueResult(
                 None, error=IdempotencyConflict(request.idempotency_key or "", value)
             )
+        if status == "quota":
+            # Its own share drains a task a round, rounds at the pace `DrainSampler` measures.
+            quota = self._quota or 1
+            wait = self.pacer.caller_retry_after(request.queue, _int(value, quota), quota)
+            return EnqueueResult(
+                None, error=CallerQuotaFull(request.queue, quota * self.core.settings.shards, wait)
+            )
         limit = self.core.settings.backlog_limit
-        return EnqueueResult(None, error=BacklogFull(request.queue, limit, retry_after=1.0))
+        try:
+            wait = self.pacer.retry_after(request.queue, int(value))
+        except ValueError:  # not 'full|<n>': no figure to pace by
+            wait = self.pacer.retry_after(request.queue, self._limit)
+        return EnqueueResult(None, error=BacklogFull(request.queue, limit, retry_after=wait))
+
+
+def _int(value: str, default: int) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        return default
+
+
+def _expiry(task: TaskDef, expires: float | timedelta | None, delay_s: float) -> float | None:
+    """A task's expiry in seconds (its own, else its type's), checked against its delay."""
+    try:
+        expires_s = task.expires if expires is None else expiry_seconds(expires)
+    except ValueError as exc:
+        raise PayloadInvalid(task.name, [{"loc": ["expires"], "msg": str(exc)}]) from None
+    if expires_s is not None and delay_s >= expires_s:
+        # The deadline counts from the accept, so such a task could only ever expire.
+        msg = f"{expires_s:g} s must be longer than the delay ({delay_s:g} s)"
+        raise PayloadInvalid(task.name, [{"loc": ["expires"], "msg": msg}])
+    return expires_s
+
+
+def _check_callback(task: TaskDef, url: str, settings: Settings) -> None:
+    """`PayloadInvalid` (422 over HTTP) naming `callback_url` unless a task may carry it."""
+    try:
+        check_url(url, settings.callback_networks)
+    except ValueError as exc:
+        raise PayloadInvalid(task.name, [{"loc": ["callback_url"], "msg": str(exc)}]) from None
 
 
 def _give_up(waiting: list[_Waiting], batch: Batch, budget: float) -> None:
@@ -255,3 +364,9 @@ def _give_up(waiting: list[_Waiting], batch: Batch, budget: float) -> None:
                 future.set_exception(error.naming(request.task_id))
             else:
                 future.set_exception(error)
+
+
+def _bad_priority(task: TaskDef) -> PayloadInvalid:
+    """A level that does not exist: `PayloadInvalid` (422 over HTTP) naming the field."""
+    levels = ", ".join(PRIORITIES)
+    return PayloadInvalid(task.name, [{"loc": ["priority"], "msg": f"must be one of {levels}"}])

@@ -6,9 +6,11 @@ letters; and the figures of `spillway stats`, ``/metrics`` and the dashboard.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from redis.exceptions import ResponseError
@@ -57,8 +59,24 @@ class Admin:
         shard = self.core.keys.for_task(task_id)
         return await self.waiters.wait(task_id, shard.channel(task_id), timeout)
 
-    async def cancel(self, task_id: str) -> tuple[str, str | None]:
-        """Cancel a waiting task: ('cancelled', None), ('missing', None) or ('refused', status)."""
+    @contextlib.asynccontextmanager
+    async def watch(self, task_id: str) -> AsyncIterator[asyncio.Event]:
+        """An event set at each change of the task's status, while the block runs.
+
+        Subscribes first, then marks the record 'watched' (``watch.lua``), from which point
+        the scripts also publish its starts and its failures with a retry to come; the
+        caller reads the record after entering, so no change is missed in between.
+        """
+        shard = self.core.keys.for_task(task_id)
+        async with self.waiters.watch(shard.channel(task_id)) as event:
+            await self.core.script("watch", [shard.task(task_id)], [])
+            yield event
+
+    async def cancel(self, task_id: str, owner: str | None = None) -> tuple[str, str | None]:
+        """Cancel a task: ('cancelled', None) when it was waiting (ended now), ('requested',
+        'running') when it runs (its worker is asked to stop it; it ends 'cancelled'),
+        ('missing', None) or ('refused', status) once terminal.
+        With an `owner`, another owner's task is 'missing'."""
         shard = self.core.keys.for_task(task_id)
         try:
             queue: str | None = await self.core.run(
@@ -68,9 +86,14 @@ class Admin:
             raise _unreadable(task_id, shard.task(task_id), exc) from None
         if queue is None:
             return "missing", None
-        keys = [shard.task(task_id), shard.stream(queue), shard.due(queue)]
-        args = [task_id, GROUP, self.core.result_ttl_ms, shard.channel(task_id)]
+        keys = [shard.task(task_id), shard.stream(queue), shard.due(queue), shard.counters,
+                shard.callbacks, shard.feed]  # fmt: skip
+        args = [task_id, GROUP, self.core.result_ttl_ms, shard.channel(task_id), owner or ""]
+        if owner is not None:
+            args.append("check")
         reply = await self.core.script("cancel", keys, args)
+        if reply[0] == "requested":
+            return "requested", "running"
         return str(reply[0]), (str(reply[1]) if len(reply) > 1 else None)
 
     async def workers(self) -> list[WorkerInfo]:
@@ -141,6 +164,7 @@ class Admin:
             shard.task(task_id),
             shard.stream(queue),
             shard.dead_index(queue),
+            shard.feed,
         ]
         reply = await self.core.script("replay", keys, [dead_letter_id, task_id, queue])
         return reply is not None
@@ -189,6 +213,7 @@ class Admin:
                         pipe.xpending(s.stream(q), GROUP)
                         pipe.zcard(s.due(q))
                         pipe.xlen(s.dead(q))
+                        pipe.zcard(s.held(q))
                 return list(await pipe.execute(raise_on_error=False))
 
         replies = await self.core.run(run)
@@ -196,8 +221,9 @@ class Admin:
         for i, q in enumerate(queues):
             backlog = pending = delayed = dead = 0
             for j in range(len(shards)):
-                xlen, xpending, zcard, dlen = replies[(i * len(shards) + j) * 4 :][:4]
-                backlog += as_int(xlen)
+                xlen, xpending, zcard, dlen, held = replies[(i * len(shards) + j) * 5 :][:5]
+                # Held tasks (callers' turns) wait like undelivered entries: backlog.
+                backlog += as_int(xlen) + as_int(held)
                 pending += int(xpending["pending"]) if isinstance(xpending, dict) else 0
                 delayed += as_int(zcard)
                 dead += as_int(dlen)

@@ -127,7 +127,9 @@ class RedisCore:
                 yield
         except NoScriptError:
             raise
-        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+        except (
+            RedisError, RedisClusterException, OSError, TimeoutError, AttributeError, TypeError,
+        ) as exc:  # fmt: skip
             mapped = unavailable(exc)
             if mapped is None:
                 raise

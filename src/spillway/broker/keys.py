@@ -89,6 +89,16 @@ class ShardKeys:
     def due(self, queue: str) -> str:
         return f"{self.base}:q:{queue}:due"
 
+    def held(self, queue: str) -> str:
+        """Sorted set of the tasks callers wait with, scored by their round: the lane's
+        workers start them lowest round first (docs/architecture.md#callers)."""
+        return f"{self.base}:q:{queue}:held"
+
+    def rounds(self, queue: str) -> str:
+        """Hash of caller -> the last round given to one of its held tasks; field '' is the
+        round of the task started last."""
+        return f"{self.base}:q:{queue}:rounds"
+
     def dead(self, queue: str) -> str:
         return f"{self.base}:q:{queue}:dead"
 
@@ -104,6 +114,23 @@ class ShardKeys:
     def counters(self) -> str:
         """Hash of ``type|outcome`` -> count, for the outcomes stored in this shard."""
         return f"{self.base}:counters"
+
+    @property
+    def callbacks(self) -> str:
+        """Zset of the task ids whose completion webhook is due (score: when, ms)."""
+        return f"{self.base}:callbacks"
+
+    @property
+    def callback_counts(self) -> str:
+        """Hash of webhook tries by outcome (delivered, retry, failed) in this shard."""
+        return f"{self.base}:callbacks:counts"
+
+    @property
+    def feed(self) -> str:
+        """Stream of this shard's task status changes, every queue's, written by the scripts
+        only while it exists: an API process whose admins follow a queue keeps it alive
+        (`spillway.feed`)."""
+        return f"{self.base}:feed"
 
     def task(self, task_id: str) -> str:
         return f"{self.base}:task:{task_id}"
@@ -137,12 +164,32 @@ class Keys:
         return f"{self.prefix}:queues"
 
     @property
+    def paused(self) -> str:
+        """Set of the queue names an operator paused (workers start none of their tasks).
+
+        Read and written alone, never with another key in one script, so its slot does not
+        matter on a cluster; workers read it in the batch of their due-task check."""
+        return f"{self.prefix}:paused"
+
+    @property
+    def schedules(self) -> str:
+        """Hash of each schedule's state (JSON: its newest tick seen, last task, next tick),
+        written by the workers that run it (`spillway.broker.schedules`)."""
+        return f"{self.prefix}:schedules"
+
+    @property
     def workers(self) -> str:
         """Sorted set of live worker names scored by their last heartbeat (ms)."""
         return f"{self.prefix}:workers"
 
     def worker(self, name: str) -> str:
         return f"{self.prefix}:worker:{name}"
+
+    def limit(self, task_type: str) -> tuple[str, str]:
+        """The leases (zset) and rate state of a limited task type; one hash tag, the type's,
+        so `lease.lua` touches one slot, wherever the type's tasks are."""
+        tag = f"{{{self.prefix}:limit:{task_type}}}"
+        return f"{tag}:leases", f"{tag}:rate"
 
     @property
     def meta(self) -> str:

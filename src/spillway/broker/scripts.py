@@ -14,12 +14,32 @@ from spillway.broker.batch import Batch
 
 __all__ = ["Scripts"]
 
-NAMES = ("accept", "begin", "finish", "due", "promote", "cancel", "replay", "renew", "release")
+NAMES = (
+    "accept", "begin", "finish", "due", "promote", "cancel", "replay", "renew", "release", "lease",
+    "read", "paused", "schedule", "watch", "callback_claim", "callback_settle", "feed_keep",
+)  # fmt: skip
+
+# The scripts that change a task's status: each starts with feed.lua's two functions, which
+# append the change to the shard's feed while an admin follows it (spillway.feed).
+FEEDING = frozenset({"accept", "begin", "finish", "cancel", "replay"})
 
 # Scripts that move work along or free memory. Over `maxmemory` (noeviction) Redis refuses any
 # script's first write unless it is flagged allow-oom, and then nothing could ever finish and
 # free room. `accept` is deliberately not among them: a full Redis refuses new work (503).
-ALLOW_OOM = frozenset({"begin", "finish", "promote", "cancel", "renew", "release", "due"})
+ALLOW_OOM = frozenset(
+    {
+        "begin",
+        "finish",
+        "promote",
+        "cancel",
+        "renew",
+        "release",
+        "due",
+        "lease",
+        "paused",
+        "callback_settle",
+    }
+)
 
 
 class Scripts:
@@ -27,7 +47,11 @@ class Scripts:
 
     def __init__(self) -> None:
         folder = files("spillway.broker").joinpath("scripts")
-        self._plain = {n: folder.joinpath(f"{n}.lua").read_text() for n in NAMES}
+        prelude = folder.joinpath("feed.lua").read_text()
+        self._plain = {
+            n: (prelude if n in FEEDING else "") + folder.joinpath(f"{n}.lua").read_text()
+            for n in NAMES
+        }
         self.use_flags(False)
 
     def use_flags(self, enabled: bool) -> None:

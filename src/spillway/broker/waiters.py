@@ -1,29 +1,42 @@
-"""Wake callers the moment a task becomes terminal: one pub/sub connection per process."""
+"""Wake callers the moment a task's status changes: one pub/sub connection per process."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from spillway.broker.types import connection_lost
+from spillway.records import TERMINAL
+
 __all__ = ["Waiters"]
 
 log = logging.getLogger("spillway.waiters")
 
-_TERMINAL = frozenset({"succeeded", "dead", "cancelled"})
+
+@contextlib.contextmanager
+def _unless_lost() -> Iterator[None]:
+    """Swallow the error of a lost pub/sub connection (the listener makes a new one)."""
+    try:
+        yield
+    except Exception as exc:
+        if not connection_lost(exc):
+            raise
 
 
 class Waiters:
-    """Per-task completion channels, subscribed while someone waits on them.
+    """Per-task channels, subscribed while someone waits on them or watches them.
 
-    The finish script publishes on the task's channel after writing its outcome. A waiter
-    subscribes first and reads the status second, so a completion between the two is never
-    missed. If the pub/sub connection breaks, every waiter re-reads its task's status.
+    The scripts publish on a task's channel after each change of its status (terminal ones,
+    and ``running`` and ``failed`` for watchers). A waiter subscribes first and reads the
+    status second, so a change between the two is never missed. Each subscriber has its own
+    event, set on any message of its channel: one subscriber's wake-up never clears
+    another's. If the pub/sub connection breaks, every subscriber is woken to re-read.
     """
 
     def __init__(
@@ -36,19 +49,17 @@ class Waiters:
         self._pubsub: PubSub | None = None
         self._owned: Redis | None = None  # a client made only for pub/sub, closed with it
         self._listener: asyncio.Task[None] | None = None
-        self._events: dict[str, asyncio.Event] = {}  # channel -> set on any message
-        self._counts: dict[str, int] = {}  # channel -> waiters on it
+        self._events: dict[str, set[asyncio.Event]] = {}  # channel -> one per subscriber
         self._lock = asyncio.Lock()
 
     async def wait(self, task_id: str, channel: str, timeout: float) -> bool:
         """True once the task is terminal; False after `timeout` seconds."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        event = await self._subscribe(channel)
-        try:
+        async with self.watch(channel) as event:
             while True:
                 event.clear()
-                if await self._status(task_id) in _TERMINAL:
+                if await self._status(task_id) in TERMINAL:
                     return True
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -57,65 +68,78 @@ class Waiters:
                     async with asyncio.timeout(remaining):
                         await event.wait()
                 except TimeoutError:
-                    return await self._status(task_id) in _TERMINAL
+                    return await self._status(task_id) in TERMINAL
+
+    @contextlib.asynccontextmanager
+    async def watch(self, channel: str) -> AsyncIterator[asyncio.Event]:
+        """An event set on each message of `channel` (and when the connection breaks), for as
+        long as the block runs; the subscription is shared with the channel's other
+        subscribers. Clear it before reading what it guards."""
+        event = await self._subscribe(channel)
+        try:
+            yield event
         finally:
-            await self._unsubscribe(channel)
+            await self._unsubscribe(channel, event)
 
     async def _subscribe(self, channel: str) -> asyncio.Event:
         async with self._lock:
             if self._pubsub is None:
                 self._pubsub = self._new_pubsub()
-            count = self._counts.get(channel, 0)
-            if count == 0:
-                self._events[channel] = asyncio.Event()
+            event = asyncio.Event()
+            subscribers = self._events.get(channel, set())
+            if not subscribers:
                 try:
                     await self._pubsub.subscribe(channel)
-                except (RedisError, OSError):
+                except Exception as exc:
+                    if not connection_lost(exc):
+                        raise
                     # The listener reconnects and resubscribes; the status read still decides.
                     log.warning("subscribe failed; falling back to status reads", exc_info=True)
-            self._counts[channel] = count + 1
+            subscribers.add(event)
+            self._events[channel] = subscribers
             if self._listener is None or self._listener.done():
                 self._listener = asyncio.create_task(self._listen())
-            return self._events[channel]
+            return event
 
-    async def _unsubscribe(self, channel: str) -> None:
+    async def _unsubscribe(self, channel: str, event: asyncio.Event) -> None:
         async with self._lock:
-            count = self._counts.get(channel, 0) - 1
-            if count > 0:
-                self._counts[channel] = count
+            subscribers = self._events.get(channel, set())
+            subscribers.discard(event)
+            if subscribers:
                 return
-            self._counts.pop(channel, None)
             self._events.pop(channel, None)
             if self._pubsub is not None:
-                with contextlib.suppress(RedisError, OSError):
+                with _unless_lost():
                     await self._pubsub.unsubscribe(channel)
 
     async def _listen(self) -> None:
         backoff = 0.05
-        while self._counts:
+        while self._events:
             pubsub = self._pubsub
             if pubsub is None:
                 return
             try:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                 backoff = 0.05
-            except (RedisError, OSError):
+            except Exception as exc:
+                if not connection_lost(exc):
+                    raise
                 # Connection lost: wake everyone to re-read status, then resubscribe.
-                for event in self._events.values():
-                    event.set()
+                for subscribers in self._events.values():
+                    for event in subscribers:
+                        event.set()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 async with self._lock:
                     await self._drop_pubsub()
                     self._pubsub = self._new_pubsub()
-                    if self._counts:
-                        with contextlib.suppress(RedisError, OSError):
-                            await self._pubsub.subscribe(*self._counts)
+                    if self._events:
+                        with _unless_lost():
+                            await self._pubsub.subscribe(*self._events)
                 continue
             if message is not None:
-                woken = self._events.get(str(message["channel"]))
-                if woken is not None:
-                    woken.set()
+                for event in self._events.get(str(message["channel"]), ()):
+                    event.set()
 
     def _new_pubsub(self) -> PubSub:
         client, owned = self._connect()
@@ -125,7 +149,7 @@ class Waiters:
     async def _drop_pubsub(self) -> None:
         pubsub, owned = self._pubsub, self._owned
         self._pubsub = self._owned = None
-        with contextlib.suppress(RedisError, OSError):
+        with _unless_lost():
             if pubsub is not None:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
             if owned is not None:

@@ -20,7 +20,16 @@ from redis.exceptions import ResponseError
 from spillway.broker.batch import Batch
 from spillway.broker.core import RedisCore
 from spillway.broker.keys import GROUP
-from spillway.broker.types import Delivery, Outcome, Started, as_int, ms, stream_items
+from spillway.broker.pauses import parse_paused
+from spillway.broker.types import (
+    Delivery,
+    DueCheck,
+    Outcome,
+    Started,
+    as_int,
+    ms,
+    stream_items,
+)
 from spillway.records import WorkerInfo
 from spillway.retry import RetryPolicy
 
@@ -63,8 +72,37 @@ class WorkerOps:
                 await self.core.register_queues(sorted({q for q, _ in streams.values()}))
                 return []
             raise
+        return await self._deliveries(streams, stream_items(reply))
+
+    async def read_in_order(
+        self, consumer: str, streams: dict[str, tuple[str, int]], count: int
+    ) -> list[Delivery]:
+        """Up to `count` new entries of one shard's lanes, taken in the order of `streams`
+        (``read.lua``), starting the lanes' held tasks when their streams run short; never
+        waits."""
+        lanes = list(streams.values())
+        shard = self.core.keys.shard(lanes[0][1])
+        keys = [*streams, *(shard.held(q) for q, _ in lanes), *(shard.rounds(q) for q, _ in lanes)]
+        try:
+            reply = await self.core.script("read", keys, [GROUP, consumer, count, shard.task("")])
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                await self.core.register_queues(sorted({q for q, _ in streams.values()}))
+                return []
+            raise
+        items = [
+            (str(stream), [(str(entry[0]), _pairs(entry[1])) for entry in entries])
+            for stream, entries in reply or ()
+        ]
+        return await self._deliveries(streams, items)
+
+    async def _deliveries(
+        self,
+        streams: dict[str, tuple[str, int]],
+        items: list[tuple[str, list[tuple[str, dict[str, str]]]]],
+    ) -> list[Delivery]:
         out: list[Delivery] = []
-        for stream, entries in stream_items(reply):
+        for stream, entries in items:
             queue, shard = streams[stream]
             for entry_id, fields in entries:
                 if fields and "id" in fields:
@@ -127,7 +165,7 @@ class WorkerOps:
             for (queue, k), idx in by_stream.items():
                 shard = self.core.keys.shard(k)
                 keys = [shard.stream(queue), shard.dead(queue), shard.counters]
-                keys += [shard.dead_index(queue)]
+                keys += [shard.dead_index(queue), shard.callbacks, shard.feed]
                 keys += [shard.task(deliveries[i].task_id) for i in idx]
                 args: list[Any] = [GROUP, self.core.result_ttl_ms, shard.channel_prefix]
                 args += [deliveries[i].entry_id for i in idx]
@@ -152,7 +190,10 @@ class WorkerOps:
                     error = "PolicyInvalid: the record's policy is not max_retries|timeout|base|cap"
                     unreadable.append(Outcome(d, task_type, "dead", error, attempts=attempts))
                     continue
-                out[i] = Started(d, task_type, str(item[2]), attempts, policy, as_int(item[5]))
+                trace = str(item[6]) if len(item) > 6 else ""  # traced only
+                out[i] = Started(
+                    d, task_type, str(item[2]), attempts, policy, as_int(item[5]), trace
+                )
         if unreadable:
             await self.finish(unreadable)
         return out
@@ -165,7 +206,8 @@ class WorkerOps:
                 d = o.delivery
                 shard = self.core.keys.shard(d.shard)
                 keys = [shard.task(d.task_id), shard.stream(d.queue), shard.due(d.queue),
-                        shard.dead(d.queue), shard.counters, shard.dead_index(d.queue)]  # fmt: skip
+                        shard.dead(d.queue), shard.counters, shard.dead_index(d.queue),
+                        shard.callbacks, shard.feed]  # fmt: skip
                 args = [d.task_id, d.entry_id, GROUP, o.kind, o.value, o.traceback,
                         self.core.result_ttl_ms, o.retry_delay_ms, shard.channel(d.task_id),
                         o.attempts]  # fmt: skip
@@ -173,9 +215,33 @@ class WorkerOps:
 
         return [bool(r) for r in await self.core.pipeline(build)]
 
-    async def renew(self, consumer: str, deliveries: Sequence[Delivery]) -> int:
-        """Reset the idle time of deliveries this consumer still runs (claim renewal)."""
-        return await self._per_stream("renew", consumer, deliveries, [])
+    async def renew(
+        self, consumer: str, deliveries: Sequence[Delivery]
+    ) -> tuple[int, list[Delivery]]:
+        """Reset the idle time of deliveries this consumer still runs (claim renewal); how many
+        were renewed, and which of them run a task whose cancellation was requested."""
+        groups: dict[tuple[str, int], list[Delivery]] = {}
+        for d in deliveries:
+            groups.setdefault((d.queue, d.shard), []).append(d)
+        if not groups:
+            return 0, []
+
+        def build(pipe: Batch) -> None:
+            for (queue, k), ds in groups.items():
+                shard = self.core.keys.shard(k)
+                keys = [shard.stream(queue), *(shard.task(d.task_id) for d in ds)]
+                args = [GROUP, consumer, *(d.entry_id for d in ds)]
+                self.core.scripts.queue(pipe, "renew", keys, args)
+
+        renewed, cancel = 0, []
+        for ds, reply in zip(groups.values(), await self.core.pipeline(build), strict=True):
+            # What Redis answers is not trusted: an unexpected reply asks for nothing.
+            if not isinstance(reply, list) or not reply:
+                continue
+            renewed += as_int(reply[0])
+            marked = {str(e) for e in reply[1:]}
+            cancel += [d for d in ds if d.entry_id in marked]
+        return renewed, cancel
 
     async def release(self, consumer: str, deliveries: Sequence[Delivery]) -> int:
         """Make deliveries this consumer will not finish reclaimable at once (shutdown)."""
@@ -198,28 +264,36 @@ class WorkerOps:
 
         return sum(int(n) for n in await self.core.pipeline(build))
 
-    async def promote_due(self, queues: Sequence[str], limit: int = 1000) -> int:
-        """Move delayed and retry-waiting tasks whose time has come into their streams."""
+    async def promote_due(self, queues: Sequence[str], limit: int = 1000) -> DueCheck:
+        """Move delayed and retry-waiting tasks whose time has come into their streams.
+
+        The paused queues are read in the same round trip as the due ids (``paused.lua``): the
+        worker's view of them is as fresh as its due-task check, at no cost of its own.
+        """
         pairs = [(s, q) for s in self.core.keys.all_shards() for q in queues]
 
         def ask(pipe: Batch) -> None:
+            self.core.scripts.queue(pipe, "paused", [self.core.keys.paused], [])
             for s, q in pairs:
                 self.core.scripts.queue(pipe, "due", [s.due(q)], [limit])
 
-        due_lists = await self.core.pipeline(ask)
+        members, *due_lists = await self.core.pipeline(ask)
+        paused, malformed = parse_paused(members)
         work = [(s, q, ids) for (s, q), ids in zip(pairs, due_lists, strict=True) if ids]
         if not work:
-            return 0
+            return DueCheck(0, paused, malformed)
 
         def promote(pipe: Batch) -> None:
             for s, q, ids in work:
                 keys = [s.due(q), s.stream(q), *(s.task(i) for i in ids)]
                 self.core.scripts.queue(pipe, "promote", keys, list(ids))
 
-        return sum(int(n) for n in await self.core.pipeline(promote))
+        promoted = sum(int(n) for n in await self.core.pipeline(promote))
+        return DueCheck(promoted, paused, malformed)
 
     async def backlog(self, queues: Sequence[str]) -> int:
-        """Entries in the streams plus tasks in the due sets: zero means fully drained."""
+        """Entries in the streams plus tasks in the due and held sets: zero means fully
+        drained."""
         pairs = [(s, q) for s in self.core.keys.all_shards() for q in queues]
 
         async def run() -> int:
@@ -227,6 +301,7 @@ class WorkerOps:
                 for s, q in pairs:
                     pipe.xlen(s.stream(q))
                     pipe.zcard(s.due(q))
+                    pipe.zcard(s.held(q))
                 return sum(int(n) for n in await pipe.execute())
 
         result: int = await self.core.run(run)
@@ -288,3 +363,10 @@ class WorkerOps:
                 await pipe.execute()
 
         await self.core.run(run)
+
+
+def _pairs(flat: Any) -> dict[str, str]:
+    """A stream entry's fields as a script returns them (a flat list) -> a dict."""
+    if not isinstance(flat, list):
+        return {}
+    return {str(k): str(v) for k, v in zip(flat[::2], flat[1::2], strict=False)}

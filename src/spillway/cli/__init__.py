@@ -7,8 +7,8 @@ one red line and exit 1, or 78 for configuration errors, which a supervisor does
 
 from __future__ import annotations
 
-from spillway.cli import operate, run
+from spillway.cli import control, operate, run
 from spillway.cli.base import main
 from spillway.loading import AppNotFound, load_app
 
-__all__ = ["AppNotFound", "load_app", "main", "operate", "run"]
+__all__ = ["AppNotFound", "control", "load_app", "main", "operate", "run"]

@@ -21,6 +21,7 @@ from spillway.cli.base import (
 from spillway.errors import ConfigurationError
 from spillway.loading import EXAMPLE_APP, load_app
 from spillway.logs import LogFormat, setup_logging
+from spillway.settings import Settings
 from spillway.supervisor import Supervisor
 
 
@@ -43,6 +44,10 @@ from spillway.supervisor import Supervisor
     "--metrics-port", type=click.IntRange(0, 65535), envvar="SPILLWAY_METRICS_PORT",
     help="Serve Prometheus metrics of the worker processes on this port.",
 )  # fmt: skip
+@click.option(
+    "--metrics-host", default="127.0.0.1", show_default=True, envvar="SPILLWAY_METRICS_HOST",
+    help="Address the metrics port listens on (0.0.0.0: every interface).",
+)  # fmt: skip
 @_logging_options
 def worker(
     app_ref: str,
@@ -51,6 +56,7 @@ def worker(
     queues: tuple[str, ...],
     burst: bool,
     metrics_port: int | None,
+    metrics_host: str,
     log_level: str,
     log_format: LogFormat,
 ) -> None:
@@ -60,7 +66,8 @@ def worker(
     to finish, hands the rest back for other workers and exits 0. With --processes P a
     supervisor runs P worker processes, restarts crashed ones with a capped exponential
     backoff, and forwards SIGTERM/SIGINT to all of them. With --burst each process exits once
-    the queues are empty, and so does the supervisor.
+    the queues are empty, and so does the supervisor. With SPILLWAY_API_KEYS set, a scrape
+    of the metrics port needs one of the keys, as the API's /metrics does.
     """
     setup_logging(log_level, log_format)
     app = load_app(app_ref)
@@ -69,7 +76,7 @@ def worker(
         from spillway.worker import run_worker
 
         if metrics_port is not None:
-            metrics.serve(metrics_port)
+            metrics.serve(metrics_port, metrics_host, _metrics_gate(app.settings))
         run_worker(app, concurrency=concurrency, queues=list(queues) or None, burst=burst)
         return
     child = [sys.executable, "-m", "spillway", "worker", app_ref, "--processes", "1"]
@@ -84,8 +91,27 @@ def worker(
     # The children write their metrics to one directory; this process serves their sum.
     with metrics.private_multiproc_dir():
         if metrics_port is not None:
-            metrics.serve(metrics_port)
+            metrics.serve(metrics_port, metrics_host, _metrics_gate(app.settings))
         sys.exit(supervisor.run())
+
+
+def _metrics_gate(settings: Settings) -> metrics.Admit | None:
+    """Who may scrape a worker's metrics: with API keys set, an admin key (the API's own
+    check; its `/metrics` is an admin's too)."""
+    from spillway.api.auth import Auth
+    from spillway.api.problems import HTTPProblem
+
+    auth = Auth(settings.api_keys, admin_keys=settings.admin_keys)
+    if not auth.enabled:
+        return None
+
+    def admit(headers: list[tuple[bytes, bytes]]) -> bool:
+        try:
+            return auth.identify(headers).admin
+        except HTTPProblem:
+            return False
+
+    return admit
 
 
 @main.command()

@@ -8,11 +8,12 @@ host's processes (see `spillway.metrics`).
 
 With API keys configured, the dashboard's paths also accept the key as the password of HTTP
 Basic credentials, so a browser's own login prompt works. Browsers send those credentials by
-themselves, so the page's one action (replay) sends a custom header (`REPLAY_HEADER`), which
-another site's page cannot send without a CORS preflight this API never grants: the
-cross-site checks of `spillway.api.browsers`, run on every request, refuse a replay without
-it or from another origin. The page and its assets are sent with a strict
-Content-Security-Policy (their own origin only, never framed).
+themselves, so the page's actions (replay, pause and resume a queue, bulk cancel) send a
+custom header (`REPLAY_HEADER`), which another site's page cannot send without a CORS
+preflight this API never grants: the cross-site checks of `spillway.api.browsers`, run on
+every request, refuse an action without it or from another origin. The actions answer as
+the API's own routes do (`spillway.api.routes`), through the same calls. The page and its
+assets are sent with a strict Content-Security-Policy (their own origin only, never framed).
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ import time
 from importlib.resources import files
 
 import orjson
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Path, Response
 from starlette.exceptions import HTTPException
 
 from spillway import metrics
 from spillway.api.browsers import PAGE_HEADERS, page_policy
 from spillway.api.problems import HTTPProblem
+from spillway.api.routes import cancel_matching, set_paused
+from spillway.api.schemas import CancelRequest
 from spillway.app import Spillway
 from spillway.errors import BrokerUnavailable
 
@@ -41,6 +44,7 @@ _ASSETS = {
     "dashboard.css": "text/css; charset=utf-8",
 }
 _DEAD_LETTERS_SHOWN = 50
+_QUEUE_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
 # The page's icon is a data: URL; everything else comes from the dashboard's own paths.
 _HEADERS = {**PAGE_HEADERS, "Content-Security-Policy": page_policy(img_src="'self' data:")}
 
@@ -58,7 +62,7 @@ def _asset(name: str) -> Response:
 
 
 def add_dashboard_routes(api: FastAPI, app: Spillway) -> None:
-    """The page, its assets, its state feed and its replay action."""
+    """The page, its assets, its state feed and its actions."""
 
     @api.get(PREFIX, include_in_schema=False)
     async def page() -> Response:
@@ -95,3 +99,15 @@ def add_dashboard_routes(api: FastAPI, app: Spillway) -> None:
             )
         body = orjson.dumps({"task_id": task_id, "status": "queued"})
         return Response(body, status_code=202, media_type="application/json")
+
+    @api.post(PREFIX + "/queues/{name}/pause", include_in_schema=False)
+    async def pause(name: str = Path(pattern=_QUEUE_NAME)) -> Response:
+        return await set_paused(app, name, True)
+
+    @api.post(PREFIX + "/queues/{name}/resume", include_in_schema=False)
+    async def resume(name: str = Path(pattern=_QUEUE_NAME)) -> Response:
+        return await set_paused(app, name, False)
+
+    @api.post(PREFIX + "/cancel", include_in_schema=False)
+    async def cancel(body: CancelRequest) -> Response:
+        return await cancel_matching(app, body)

@@ -1,6 +1,7 @@
 -- replay: run a dead-lettered task again under its own id, with a fresh attempt budget.
 -- KEYS[1] dead-letter stream   KEYS[2] task record   KEYS[3] shard stream
 -- KEYS[4] the dead-letter index (hash: task id -> dead-letter entry id)
+-- KEYS[5] the shard's feed (feed.lua)
 -- ARGV[1] dead-letter entry id   ARGV[2] the task id the caller expects it to hold
 -- ARGV[3] the queue of KEYS[1] and KEYS[3]
 -- Returns the task id, or false when the dead-letter entry no longer exists or holds no task
@@ -32,4 +33,6 @@ redis.call('HSET', KEYS[2],
   'created_at', f['created_at'] or '', 'replayed_at', now, 'entry', entry)
 redis.call('XDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[2])
+feed_open(KEYS[5])
+feed(f['id'], f['queue'], f['type'], 'queued', 0)
 return f['id']

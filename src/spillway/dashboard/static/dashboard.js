@@ -14,6 +14,7 @@
       { key: "accepted", label: "accepted", color: "#4c7bd9" },
       { key: "succeeded", label: "succeeded", color: "#1e8e5a" },
       { key: "failed", label: "failed (retried or dead)", color: "#c0392b" },
+      { key: "expired", label: "expired (never run)", color: "#b7950b" },
     ],
     latency: [
       { key: "accept_p50", label: "accept p50", color: "#4c7bd9" },
@@ -64,6 +65,15 @@
     return new Date(iso).toLocaleString();
   }
 
+  function when(iso) {
+    if (!iso) return "–";
+    const s = (Date.parse(iso) - Date.now()) / 1000;
+    if (s < 0) return "due";
+    if (s < 60) return `in ${s.toFixed(0)} s`;
+    if (s < 3600) return `in ${(s / 60).toFixed(0)} min`;
+    return new Date(iso).toLocaleString();
+  }
+
   function sumCounts(counts, kinds) {
     let n = 0;
     for (const perType of Object.values(counts || {}))
@@ -110,6 +120,7 @@
     push("accepted", rate(ev(state, "spillway_tasks_accepted"), ev(prev, "spillway_tasks_accepted")));
     push("succeeded", rate(sumCounts(state.counts, ["succeeded"]), sumCounts(prev.counts, ["succeeded"])));
     push("failed", rate(sumCounts(state.counts, ["retry", "dead"]), sumCounts(prev.counts, ["retry", "dead"])));
+    push("expired", rate(sumCounts(state.counts, ["expired"]), sumCounts(prev.counts, ["expired"])));
     const h = (s, name) => s.histograms && s.histograms[name];
     const ms = (v) => (v === null ? null : v * 1000);
     const pairs = [
@@ -225,13 +236,17 @@
     setGauge("workers-live", state.workers.length);
     $("in-flight").textContent = String(state.workers.reduce((n, w) => n + w.in_flight, 0));
     setGauge("succeeded", sumCounts(state.counts, ["succeeded"]));
+    setGauge("expired", sumCounts(state.counts, ["expired"]));
 
+    const paused = new Set(state.paused || []);
+    $("paused-count").textContent = paused.size ? `(${paused.size} paused)` : "";
     fillTable(
       "queues",
-      state.queues.map((q) => [q.queue, q.backlog, q.pending, q.delayed, q.dead]),
+      state.queues.map((q) => [q.queue, q.backlog, q.pending, q.delayed, q.dead, queueState(q.queue, paused)]),
       "no queues yet",
-      5,
+      6,
     );
+    offerQueues(state.queues);
     fillTable(
       "workers",
       state.workers.map((w) => {
@@ -244,6 +259,27 @@
       "no live workers",
       5,
     );
+
+    fillTable(
+      "limits",
+      (state.limits || []).map((l) => [
+        l.type, l.running, l.concurrency ?? "–", l.rate_limit ?? "–", l.waiting,
+      ]),
+      "no limited task types",
+      5,
+    );
+
+    fillTable(
+      "schedules",
+      (state.schedules || []).map((s) => [
+        s.name, s.type, s.spec, s.tz, ago(s.last_run), when(s.next_run),
+      ]),
+      "no schedules",
+      6,
+    );
+
+    const hooks = state.callbacks || { due: 0, delivered: 0, retried: 0, failed: 0 };
+    fillTable("webhooks", [[hooks.due, hooks.delivered, hooks.retried, hooks.failed]], "", 4);
 
     const failures = $("failures");
     failures.replaceChildren();
@@ -280,6 +316,128 @@
     legend("throughput-legend", SERIES.throughput);
     legend("latency-legend", SERIES.latency);
   }
+
+  // A lane's queue: "q#low" and "q@type" are lanes of "q".
+  const queueOf = (lane) => lane.split(/[#@]/)[0];
+
+  // The state cell of a queue's row: on its default lane the control (Resume, marked, when
+  // paused), on its other lanes a badge when paused.
+  function queueState(lane, paused) {
+    const cell = text("td");
+    const queue = queueOf(lane);
+    const pause = !paused.has(queue);
+    if (lane === queue) {
+      const button = text("button", pause ? "Pause" : "Resume", "action pause-toggle");
+      button.classList.toggle("paused", !pause);
+      button.title = pause ? "Stop starting this queue's tasks" : "Paused: start its tasks again";
+      button.dataset.queue = queue;
+      button.addEventListener("click", () => setPaused(button, queue, pause));
+      cell.appendChild(button);
+    } else if (!pause) {
+      cell.appendChild(text("span", "paused", "badge"));
+    }
+    return cell;
+  }
+
+  function offerQueues(queues) {
+    const select = $("cancel-queue");
+    const names = [...new Set(queues.map((q) => queueOf(q.queue)))].sort();
+    const shown = [...select.options].slice(1).map((o) => o.value);
+    if (names.join() === shown.join()) return;
+    const chosen = select.value;
+    select.replaceChildren(text("option", "any"));
+    select.options[0].value = "";
+    for (const name of names) select.appendChild(text("option", name));
+    select.value = names.includes(chosen) ? chosen : "";
+  }
+
+  async function setPaused(button, queue, pause) {
+    button.disabled = true;
+    const action = pause ? "pause" : "resume";
+    const message = $("queue-message");
+    try {
+      const response = await fetch(`dashboard/queues/${encodeURIComponent(queue)}/${action}`, {
+        method: "POST",
+        headers: { "X-Spillway-Dashboard": "1" },
+      });
+      const doc = await response.json().catch(() => ({}));
+      message.textContent = response.ok
+        ? `Queue ${queue} ${pause ? "paused: no new task starts, running ones finish" : "resumed"}.`
+        : `${action} of ${queue} failed: ${doc.detail || response.status}`;
+    } catch (err) {
+      message.textContent = `${action} of ${queue} failed: ${err}`;
+    }
+    poll();
+  }
+
+  // --- bulk cancel: bounded pages, repeated with the cursor while there are more -------------
+
+  function cancelFilter() {
+    const body = {};
+    const queue = $("cancel-queue").value;
+    const type = $("cancel-type").value.trim();
+    const priority = $("cancel-priority").value;
+    const older = $("cancel-older").value;
+    if (queue) body.queue = queue;
+    if (type) body.type = type;
+    if (priority) body.priority = priority;
+    if (older !== "") body.older_than_s = Number(older);
+    return body;
+  }
+
+  async function sweep(filter, dryRun, progress) {
+    let cursor = null;
+    const total = { matched: 0, cancelled: 0, examined: 0 };
+    for (;;) {
+      const response = await fetch("dashboard/cancel", {
+        method: "POST",
+        headers: { "Content-Type": "application/json", "X-Spillway-Dashboard": "1" },
+        body: JSON.stringify({ ...filter, dry_run: dryRun, cursor }),
+      });
+      const doc = await response.json().catch(() => ({}));
+      if (!response.ok) throw new Error(doc.detail || `HTTP ${response.status}`);
+      for (const k of Object.keys(total)) total[k] += doc[k];
+      progress(total);
+      if (!doc.more) return total;
+      cursor = doc.cursor;
+    }
+  }
+
+  async function bulkCancel(run) {
+    const message = $("cancel-message");
+    const buttons = [$("cancel-count"), $("cancel-run")];
+    const filter = cancelFilter();
+    if (!Object.keys(filter).length) {
+      message.textContent = "Choose at least one of queue, type, priority, age.";
+      return;
+    }
+    for (const b of buttons) b.disabled = true;
+    try {
+      const counted = await sweep(filter, true, (t) => {
+        message.textContent = `Counting… ${t.matched} match of ${t.examined} read`;
+      });
+      if (!run) {
+        message.textContent = `${counted.matched} waiting task(s) match.`;
+      } else if (!counted.matched) {
+        message.textContent = "No waiting task matches.";
+      } else if (!window.confirm(`Cancel ${counted.matched} waiting task(s)? This cannot be undone.`)) {
+        message.textContent = "Nothing cancelled.";
+      } else {
+        const done = await sweep(filter, false, (t) => {
+          message.textContent = `Cancelling… ${t.cancelled} cancelled of ${t.examined} read`;
+        });
+        message.textContent = `Cancelled ${done.cancelled} task(s).`;
+      }
+    } catch (err) {
+      message.textContent = `Bulk cancel failed: ${err.message || err}`;
+    } finally {
+      for (const b of buttons) b.disabled = false;
+    }
+    poll();
+  }
+
+  $("cancel-count").addEventListener("click", () => bulkCancel(false));
+  $("cancel-run").addEventListener("click", () => bulkCancel(true));
 
   async function replay(button, id) {
     button.disabled = true;

@@ -1,0 +1,197 @@
+"""CPU budget per task of the whole pipeline (issue 21): API, worker, Redis, load generator.
+
+    python -m bench.budget [--rate 5000] [--seconds 10] [--no-write]
+
+The stack of `bench.latency` (Redis with AOF on, the API with 2 processes, ONE worker process)
+takes `--rate` tasks/s through HTTP for `--seconds` (after a 2 s warm-up at 1,000/s); the CPU
+seconds of each process tree from the first request until every task was done, divided by the
+tasks, are the budget. Redis's share is split into the time inside each command clients
+sent (a script call under its script's name), measured in a second, short window of the same
+load with the slow log recording every command (``slowlog-log-slower-than 0``), so the
+recording's own cost stays out of the CPU figures; and the rest (protocol, networking, AOF).
+Every process started is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from bench import Report, machine, standalone
+from bench.latency import measure_rate, stack
+from spillway.broker.scripts import Scripts
+
+__all__ = ["TITLE", "run"]
+
+TITLE = "CPU budget per task"
+GOAL_US = 150  # issue 21: API + worker + Redis at 5,000 tasks/s
+SLOWLOG_SECONDS = 3.0
+
+
+def _script_names() -> dict[str, str]:
+    """sha -> script name, with and without the flags line (which one runs depends on Redis)."""
+    scripts = Scripts()
+    names: dict[str, str] = {}
+    for flags in (False, True):
+        scripts.use_flags(flags)
+        names |= {sha: name for name, sha in scripts.sha.items()}
+    return names
+
+
+def _by_command(
+    entries: list[dict[str, Any]], tasks: int
+) -> tuple[dict[str, float], dict[str, float], float]:
+    """Microseconds per task inside the commands of these slow-log entries: Spillway's own by
+    command (a script call under its script's name, ``accept.lua``, with the commands it
+    calls); the commands scripts called, by command (already in their script's time); and
+    what other clients sent (the benchmark's own reads of the records)."""
+    names = _script_names()
+    own: collections.Counter[str] = collections.Counter()
+    inner: collections.Counter[str] = collections.Counter()
+    other = 0
+    for entry in entries:
+        command = entry["command"]
+        parts = command.split() if isinstance(command, bytes | str) else list(command)
+        if not parts:
+            continue
+        head = [p.decode("ascii", "replace") if isinstance(p, bytes) else str(p) for p in parts[:2]]
+        name = head[0].upper()
+        if name == "EVALSHA" and len(head) > 1:
+            name = f"{names.get(head[1], 'another script')}.lua"
+        duration = int(entry["duration"])
+        if entry.get("client_address") == b"?:0":  # called by a script
+            inner[name] += duration
+        elif bytes(entry.get("client_name") or b"").startswith(b"spillway"):
+            own[name] += duration
+        else:
+            other += duration
+    return (
+        {name: n / tasks for name, n in own.most_common()},
+        {name: n / tasks for name, n in inner.most_common()},
+        other / tasks,
+    )
+
+
+def run(args: argparse.Namespace | None = None) -> Report:
+    args = args or parser().parse_args([])
+    log_dir = Path(tempfile.mkdtemp(prefix="spillway-bench-budget-"))
+    with stack(log_dir) as s:
+        client = redis.Redis.from_url(s.redis.url)
+        try:
+            measure_rate(s, 1000, 2)  # warm-up
+            r = measure_rate(s, args.rate, args.seconds)
+            client.config_set("slowlog-max-len", 1_000_000)
+            client.config_set("slowlog-log-slower-than", 0)
+            client.slowlog_reset()
+            logged = measure_rate(s, args.rate, SLOWLOG_SECONDS)
+            client.config_set("slowlog-log-slower-than", 10_000)
+            own, inner, other = _by_command(client.slowlog_get(1_000_000), logged.answered)
+            client.slowlog_reset()
+        finally:
+            client.close()
+        binary = s.redis.binary
+    if r.bad:
+        raise RuntimeError(f"{r.bad} requests failed at {args.rate:g}/s")
+    per_task = {k: v / r.answered * 1e6 for k, v in r.cpu.items()}
+    generator = r.generator_cpu / r.answered * 1e6
+    return _report(args, r.answered, per_task, generator, (own, inner, other), binary)
+
+
+def _report(
+    args: argparse.Namespace,
+    tasks: int,
+    per_task: dict[str, float],
+    generator: float,
+    commands: tuple[dict[str, float], dict[str, float], float],
+    binary: str | None,
+) -> Report:
+    by_command, inner, other = commands
+    total = per_task["api"] + per_task["worker"] + per_task["redis"]
+    in_commands = sum(by_command.values()) + other
+    scripts = sum(usec for name, usec in by_command.items() if name.endswith(".lua"))
+    called = ", ".join(f"`{name}` {usec:.1f}" for name, usec in inner.items() if usec >= 0.1)
+    rows = [
+        f"| API (`spillway.api.serve`, 2 processes) | **{per_task['api']:.0f}** "
+        f"| {per_task['api'] / total:.0%} |",
+        f"| worker (one process, concurrency 100) | **{per_task['worker']:.0f}** "
+        f"| {per_task['worker'] / total:.0%} |",
+        f"| Redis (AOF on, `appendfsync everysec`) | **{per_task['redis']:.0f}** "
+        f"| {per_task['redis'] / total:.0%} |",
+        f"| - inside the commands clients sent (slow-log window) | {in_commands:.1f} | |",
+        f"| - - scripts, with the commands they call | {scripts:.1f} | |",
+        f"| - - - (of which the commands they call: {called}) | | |",
+        *(
+            f"| - - - `{name}` | {usec:.1f} | |"
+            for name, usec in by_command.items()
+            if name.endswith(".lua") and usec >= 0.05
+        ),
+        *(
+            f"| - - `{name}` | {usec:.1f} | |"
+            for name, usec in by_command.items()
+            if not name.endswith(".lua") and usec >= 0.05
+        ),
+        f"| - - the benchmark's own reads of the records (not Spillway's) | {other:.1f} | |",
+        f"| - outside commands (protocol, networking, AOF, cron) "
+        f"| {per_task['redis'] - in_commands:.1f} | |",
+        f"| **API + worker + Redis** | **{total:.0f}** | 100% |",
+        f"| load generator (`bench.http.openloop`, not in the total) | {generator:.0f} | |",
+    ]
+    command = f"python -m bench.budget --rate {args.rate:g} --seconds {args.seconds:g}"
+    markdown = "\n".join(
+        [
+            f"What one task costs in CPU time across the whole pipeline at {args.rate:,.0f} "
+            f"tasks/s through HTTP ({tasks:,} tasks): issue 21 asks for at most "
+            f"{GOAL_US} us (API + worker + Redis).",
+            "",
+            "| part | CPU us per task | share |",
+            "| --- | ---: | ---: |",
+            *rows,
+            "",
+            "- CPU: user + system seconds of each process tree, from the first request until "
+            "every task was done (idle work such as heartbeats and blocking reads counts), "
+            "divided by the tasks answered `202`.",
+            "- Inside Redis: a second window of "
+            f"{SLOWLOG_SECONDS:g} s at the same rate with every command clients sent in the "
+            "slow log (`slowlog-log-slower-than 0`): the time per task inside each command "
+            "Spillway's clients sent, a script call under its script with the commands it "
+            "calls (listed, not added again: `INFO commandstats` would count them twice). "
+            "Outside commands is the first window's Redis CPU less those, so it is "
+            "approximate; the slow log's own cost stays out of the CPU rows.",
+            "- The stack is `bench.latency`'s (Redis, 2 API processes, one worker, the "
+            "generator: all on this 2-CPU machine).",
+            f"- Command: `{command}` (`make bench` runs it as `python -m bench.run budget`).",
+            f"- Measured: {machine(binary)}; the machine is shared, so CPU seconds include some "
+            "cache and scheduling overhead from other work.",
+        ]
+    )
+    summary = (
+        f"{args.rate:,.0f}/s: API {per_task['api']:.0f} us, worker {per_task['worker']:.0f} "
+        f"us, Redis {per_task['redis']:.0f} us per task (total {total:.0f}, goal {GOAL_US}); "
+        f"generator {generator:.0f} us"
+    )
+    return Report(TITLE, summary, markdown)
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.budget",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--rate", type=float, default=5000.0, help="tasks/s offered")
+    parser.add_argument("--seconds", type=float, default=10.0, help="seconds offered")
+    parser.add_argument("--no-write", action="store_true", help="do not update the docs")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return standalone(parser(), run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

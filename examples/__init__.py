@@ -1,0 +1,1 @@
+"""Applications built on Spillway, each runnable and each tested by ``make test``."""
