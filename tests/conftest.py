@@ -95,6 +95,11 @@ async def app(settings: Settings) -> AsyncIterator[Spillway]:
 async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     """A plain client (a cluster client on a cluster), to look at what Spillway wrote."""
     client = make_client(redis_url, socket_timeout=5, connect_timeout=5, max_connections=16)
+    if not isinstance(client, aioredis.Redis):
+        # Learn the slot map before a test's first commands run concurrently: redis-py's
+        # cluster client races on concurrent first use and closes connections in use ("Connection
+        # closed by server" in a BLPOP of test_cancel's racing test, seen in make test-cluster).
+        await client.initialize()
     yield cast(aioredis.Redis, client)
     if isinstance(client, aioredis.Redis):
         await client.aclose(close_connection_pool=True)

@@ -140,6 +140,32 @@ async def test_per_task_timeout_fails_the_run(app: Spillway) -> None:
     assert record.error.startswith("TimeoutError")
 
 
+async def test_a_cancelled_error_nobody_asked_for_is_a_failure_not_a_run_held_for_ever(
+    app: Spillway,
+) -> None:
+    # A handler (or a library under it) that lets a CancelledError of its own out, while
+    # nobody cancelled its run: re-raised, the run had no outcome and its delivery stayed
+    # claimed and renewed by a live worker, so the task never ended (the burst worker below
+    # would never see its queue drained).
+    @app.task(max_retries=1, retry_base=0.01, retry_cap=0.01)
+    async def leaky(item: Item) -> None:
+        raise asyncio.CancelledError("from inside the handler")
+
+    @app.task()
+    async def fine(item: Item) -> int:
+        return item.n
+
+    task_id = await app.enqueue("leaky", {"n": 1})
+    other = await app.enqueue("fine", {"n": 2})
+    await drain(app)
+    record = await app.get(task_id)
+    assert record.status is TaskStatus.DEAD
+    assert record.attempts == 2
+    assert record.error is not None
+    assert record.error.startswith("CancelledError"), record.error
+    assert (await app.get(other)).status is TaskStatus.SUCCEEDED
+
+
 async def test_unknown_types_are_dead_lettered_on_their_first_delivery(
     app: Spillway, redis: aioredis.Redis
 ) -> None:

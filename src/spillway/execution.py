@@ -27,7 +27,7 @@ from spillway.lanes import parse_lane
 from spillway.retry import backoff_delay, not_retried
 from spillway.tasks import CancelSignal, TaskContext, TaskDef
 
-__all__ = ["execute"]
+__all__ = ["execute", "unexpected"]
 
 log = logging.getLogger("spillway.worker")
 
@@ -82,12 +82,21 @@ async def execute(
                 call = functools.partial(contextvars.copy_context().run, task.call, payload, ctx)
                 result = await loop.run_in_executor(executor, call)
         value = dumps(result)
-    except asyncio.CancelledError:
+    except asyncio.CancelledError as exc:
+        current = asyncio.current_task()
         if not ctx.cancelled:
-            raise  # the worker's shutdown: the delivery is handed back, not finished
+            if current is None or current.cancelling():
+                raise  # the worker's shutdown: the delivery is handed back, not finished
+            # Nobody cancelled this run: the handler (or a library under it) let a
+            # CancelledError of its own out. A failure like any other; re-raised, the run
+            # would end with no outcome and its delivery stay claimed, renewed, for ever.
+            # Classified as the ordinary error it is (CancelledError is no Exception, so
+            # retry_on would never match it).
+            error = RuntimeError("CancelledError raised by the handler, no cancel asked for")
+            error.__cause__ = exc
+            return _failure(s, task, "CancelledError: raised by the handler", error)
         # Our own cancellation (CancelSignal.request) ends here: the run task carries on to
         # store the outcome, so it must not stay marked as being cancelled.
-        current = asyncio.current_task()
         if current is not None:
             current.uncancel()
         return _cancelled(s)
@@ -109,6 +118,14 @@ async def execute(
     if ctx.cancelled:  # it returned after all (a sync handler that polled, or finished anyway)
         return _cancelled(s)
     return Outcome(d, s.type, "succeeded", value, attempts=s.attempts)
+
+
+def unexpected(s: Started, task: TaskDef | None, exc: Exception) -> Outcome:
+    """The outcome of a run that `execute` could not finish itself (a bug between the handler
+    and its outcome): a failure under the task's retry policy."""
+    if task is None:
+        return Outcome(s.delivery, s.type, "dead", _describe(exc), attempts=s.attempts)
+    return _failure(s, task, _describe(exc), exc)
 
 
 def _cancelled(s: Started) -> Outcome:

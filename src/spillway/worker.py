@@ -36,7 +36,7 @@ from spillway.app import Spillway
 from spillway.broker import Delivery, Outcome, Started
 from spillway.deliverer import Deliverer
 from spillway.errors import BrokerUnavailable, SpillwayError
-from spillway.execution import execute
+from spillway.execution import execute, unexpected
 from spillway.lanes import lanes_of, parse_lane
 from spillway.limits import TypeLimits
 from spillway.records import WorkerInfo
@@ -516,7 +516,16 @@ class Worker:
         task = self.app.tasks.get(s.type)
         run = execute(task, s, self._executor, cancel)
         tracing = self.app.tracing
-        self._outcomes.put_nowait(await (tracing.process(s, run) if tracing.enabled else run))
+        try:
+            outcome = await (tracing.process(s, run) if tracing.enabled else run)
+        except Exception as exc:
+            # A bug of ours between the handler and its outcome: every run must end in an
+            # outcome, or its delivery stays held here, renewed, and the task never ends.
+            log.exception(
+                "task %s (%s): its run ended without an outcome", s.delivery.task_id, s.type
+            )
+            outcome = unexpected(s, task, exc)
+        self._outcomes.put_nowait(outcome)
 
     # --- finishing ---------------------------------------------------------------------------
 

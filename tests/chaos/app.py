@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import sys
 import time
 from typing import cast
 
@@ -137,3 +139,21 @@ def _disable_renewal() -> None:
 
 if os.environ.get("CHAOS_NO_RENEW") == "1":
     _disable_renewal()
+
+
+def _dump_tasks(signum: int, frame: object) -> None:
+    """Print every asyncio task's stack to the process log: where a stuck worker waits.
+
+    The harness sends SIGUSR1 to the workers when a drain times out (`Stack.drain`).
+    """
+    try:
+        loop = asyncio.get_running_loop()  # the handler runs inside the loop's thread
+    except RuntimeError:
+        return
+    print(f"--- asyncio tasks of pid {os.getpid()} ---", file=sys.stderr)
+    for task in asyncio.all_tasks(loop):
+        task.print_stack(limit=12, file=sys.stderr)
+    print("--- end of tasks ---", file=sys.stderr, flush=True)
+
+
+signal.signal(signal.SIGUSR1, _dump_tasks)

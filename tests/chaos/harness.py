@@ -156,6 +156,8 @@ class Stack:
             self.redis = EmbeddedRedis(appendonly=True, maxmemory=self._maxmemory).start()
         self.app = _chaos_app(self.settings)
         client = make_client(self.url, socket_timeout=5, connect_timeout=5, max_connections=16)
+        if not isinstance(client, aioredis.Redis):
+            await client.initialize()  # before concurrent use (see tests/conftest.py `redis`)
         self.client = cast(aioredis.Redis, client)
         return self
 
@@ -344,9 +346,36 @@ class Stack:
                 raise AssertionError(
                     f"not drained after {timeout:.0f} s: backlog {backlog}, pending {pending}, "
                     f"{len(open_ids)} tasks not terminal (e.g. {open_ids[:3]}); live workers "
-                    f"{len(self.live_workers())}"
+                    f"{len(self.live_workers())}\n{await self.stuck(open_ids[:5])}"
                 )
             await asyncio.sleep(0.1)
+
+    async def stuck(self, task_ids: list[str]) -> str:
+        """What a drain that timed out left behind: the records of `task_ids`, the pending
+        deliveries, and where each live worker's asyncio tasks wait (from their logs)."""
+        keys = self.spillway.broker.keys
+        lines = []
+        with contextlib.suppress(OSError, aioredis.RedisError):
+            for task_id in task_ids:
+                record = await self.redis_client.hgetall(keys.for_task(task_id).task(task_id))
+                shown = {k: v for k, v in record.items() if k not in ("payload", "result")}
+                lines.append(f"record {task_id}: {shown}")
+            for stream in self.spillway.broker.core.streams(self.spillway.lanes()):
+                with contextlib.suppress(aioredis.ResponseError):
+                    for p in await self.redis_client.xpending_range(stream, GROUP, "-", "+", 10):
+                        lines.append(f"pending in {stream}: {p}")
+        marks = {}
+        for worker in self.live_workers():
+            marks[worker] = worker.log_path.stat().st_size
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGUSR1)
+        await asyncio.sleep(1.0)
+        for worker, mark in marks.items():
+            with worker.log_path.open("rb") as log:
+                log.seek(mark)
+                dump = log.read().decode(errors="replace")
+            lines.append(f"{worker.name}: {dump[-12000:]}")
+        return "\n".join(lines)
 
 
 def _chaos_app(settings: Settings) -> Spillway:
