@@ -92,9 +92,9 @@ async def execute(
             # would end with no outcome and its delivery stay claimed, renewed, for ever.
             # Classified as the ordinary error it is (CancelledError is no Exception, so
             # retry_on would never match it).
-            error = RuntimeError("CancelledError raised by the handler, no cancel asked for")
-            error.__cause__ = exc
-            return _failure(s, task, "CancelledError: raised by the handler", error)
+            stray = RuntimeError("CancelledError raised by the handler, no cancel asked for")
+            stray.__cause__ = exc
+            return _failure(s, task, "CancelledError: raised by the handler", stray)
         # Our own cancellation (CancelSignal.request) ends here: the run task carries on to
         # store the outcome, so it must not stay marked as being cancelled.
         if current is not None:
