@@ -7,7 +7,8 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from tests.engine import Item, drain, pending, read_everything, stream_key, stream_lengths
 
-from spillway import Spillway
+from spillway import Settings, Spillway
+from spillway.broker import Outcome
 
 
 async def test_finish_writes_one_outcome_for_a_duplicate_delivery(app: Spillway) -> None:
@@ -29,6 +30,44 @@ async def test_finish_writes_one_outcome_for_a_duplicate_delivery(app: Spillway)
     assert (await app.get(task_id)).result == 1
     # Only the outcome that was written is counted.
     assert (await app.stats()).counts == {"once": {"succeeded": 1}}
+
+
+async def test_one_finish_batch_writes_each_outcome_of_every_stream_and_skips_the_stale(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    # finish.lua takes one call per stream and batch: the replies must map back to the right
+    # outcomes whatever the shards, and a stale outcome in the middle writes nothing.
+    app = Spillway(settings.model_copy(update={"shards": 3}))
+
+    @app.task(max_retries=1)
+    async def mixed(item: Item) -> int:
+        return item.n
+
+    ids = [await app.enqueue("mixed", {"n": n}) for n in range(12)]
+    deliveries = await read_everything(app, "a")
+    assert len({d.shard for d in deliveries}) > 1
+    assert all(await app.broker.work.begin(deliveries))
+    kinds = ["succeeded", "retry", "dead", "cancelled"]
+    outcomes = [
+        Outcome(d, "mixed", kinds[i % 4], "7" if i % 4 == 0 else "boom", attempts=1)
+        for i, d in enumerate(deliveries)
+    ]
+    stale = Outcome(deliveries[0], "mixed", "succeeded", "8", attempts=1)
+    batch = [*outcomes[:5], stale, *outcomes[5:]]
+    assert await app.broker.work.finish(batch) == [True] * 5 + [False] + [True] * 7
+    by_id = {d.task_id: kinds[i % 4] for i, d in enumerate(deliveries)}
+    want = {"succeeded": "succeeded", "retry": "failed", "dead": "dead", "cancelled": "cancelled"}
+    for task_id in ids:
+        record = await app.get(task_id)
+        assert record.status.value == want[by_id[task_id]], (task_id, record.status)
+    assert (await app.get(deliveries[0].task_id)).result == 7
+    # Every delivery acknowledged and deleted; one dead letter per dead outcome; counted once.
+    assert await pending(app, redis) == 0
+    assert len(await app.dead_letters()) == 3
+    assert (await app.stats()).counts == {
+        "mixed": {"succeeded": 3, "retry": 3, "dead": 3, "cancelled": 3}
+    }
+    await app.close()
 
 
 async def test_entries_spillway_did_not_write_are_dead_lettered_unrun(

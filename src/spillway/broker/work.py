@@ -201,19 +201,33 @@ class WorkerOps:
     async def finish(self, outcomes: Sequence[Outcome]) -> list[bool]:
         """Write each outcome once (a stale delivery writes nothing), ack and delete its entry."""
 
+        by_stream: dict[tuple[str, int], list[int]] = {}
+        for i, o in enumerate(outcomes):
+            by_stream.setdefault((o.delivery.queue, o.delivery.shard), []).append(i)
+
         def build(pipe: Batch) -> None:
-            for o in outcomes:
-                d = o.delivery
-                shard = self.core.keys.shard(d.shard)
-                keys = [shard.task(d.task_id), shard.stream(d.queue), shard.due(d.queue),
-                        shard.dead(d.queue), shard.counters, shard.dead_index(d.queue),
-                        shard.callbacks, shard.feed]  # fmt: skip
-                args = [d.task_id, d.entry_id, GROUP, o.kind, o.value, o.traceback,
-                        self.core.result_ttl_ms, o.retry_delay_ms, shard.channel(d.task_id),
-                        o.attempts]  # fmt: skip
+            # One script call per stream: its fixed cost is paid per batch, not per task.
+            for (queue, k), idx in by_stream.items():
+                shard = self.core.keys.shard(k)
+                keys = [shard.stream(queue), shard.due(queue), shard.dead(queue), shard.counters,
+                        shard.dead_index(queue), shard.callbacks, shard.feed]  # fmt: skip
+                args: list[Any] = [GROUP, self.core.result_ttl_ms, shard.channel_prefix]
+                for i in idx:
+                    o = outcomes[i]
+                    d = o.delivery
+                    keys.append(shard.task(d.task_id))
+                    args += (d.task_id, d.entry_id, o.kind, o.value, o.traceback,
+                             o.retry_delay_ms, o.attempts)  # fmt: skip
                 self.core.scripts.queue(pipe, "finish", keys, args)
 
-        return [bool(r) for r in await self.core.pipeline(build)]
+        written = [False] * len(outcomes)
+        replies = await self.core.pipeline(build)
+        for idx, reply in zip(by_stream.values(), replies, strict=True):
+            # What Redis answers is not trusted: a reply of another shape wrote nothing we know.
+            if isinstance(reply, list):
+                for i, r in zip(idx, reply, strict=False):
+                    written[i] = r == 1
+        return written
 
     async def renew(
         self, consumer: str, deliveries: Sequence[Delivery]

@@ -1,72 +1,89 @@
--- finish: write one outcome exactly once, acknowledge and delete the delivery, notify waiters.
--- KEYS[1] task record   KEYS[2] shard stream   KEYS[3] due set   KEYS[4] dead-letter stream
--- KEYS[5] the shard's outcome counters (hash of 'type|outcome' -> count)
--- KEYS[6] the dead-letter index (hash: task id -> dead-letter entry id)
--- KEYS[7] the shard's due callbacks (zset): a terminal task with a 'callback' joins it, due now
--- KEYS[8] the shard's feed (feed.lua)
--- ARGV[1] task id   ARGV[2] stream entry id   ARGV[3] group   ARGV[4] outcome:
---   'succeeded' | 'retry' | 'dead' | 'cancelled' (the run stopped for a cancel request)
--- ARGV[5] result (JSON) or error text   ARGV[6] traceback summary   ARGV[7] result TTL (ms)
--- ARGV[8] retry delay (ms)   ARGV[9] completion channel   ARGV[10] attempts made
--- Returns 1 when the outcome was written, 0 when the delivery was stale (nothing written).
--- A run whose cancellation was requested (cancel.lua marked the record) ends 'cancelled'
--- whatever its outcome: the cancel and the finish are each atomic, so whichever comes first
--- decides, and the task has one terminal record, counted and published once.
-local record, stream = KEYS[1], KEYS[2]
-redis.call('XACK', stream, ARGV[3], ARGV[2])
-redis.call('XDEL', stream, ARGV[2])
--- pcall: a key of another type under the task's name (not Spillway's) is a stale delivery.
-local r = redis.pcall('HMGET', record, 'status', 'entry', 'type', 'cancel_requested_at',
-  'watched', 'callback', 'queue')
--- Only the delivery the record points at may write: a reclaimed duplicate, or a delivery of a
--- task that was cancelled or already finished, writes nothing.
-if r['err'] or r[1] ~= 'running' or r[2] ~= ARGV[2] then
-  return 0
-end
-local task_type = r[3] or ''  -- fields a record may lack (not written by Spillway) read as ''
-
+-- finish: write each outcome of a batch of one shard's stream exactly once, acknowledge and
+-- delete the deliveries, notify waiters. One call per stream and batch: the calls' fixed cost
+-- (and TIME, and the feed's TYPE check) is paid once per batch, not once per task.
+-- KEYS[1] shard stream   KEYS[2] due set   KEYS[3] dead-letter stream
+-- KEYS[4] the shard's outcome counters (hash of 'type|outcome' -> count)
+-- KEYS[5] the dead-letter index (hash: task id -> dead-letter entry id)
+-- KEYS[6] the shard's due callbacks (zset): a terminal task with a 'callback' joins it, due now
+-- KEYS[7] the shard's feed (feed.lua)   KEYS[8..] the task record of each outcome
+-- ARGV[1] group   ARGV[2] result TTL (ms)   ARGV[3] completion channel prefix
+-- ARGV[4..] 7 per outcome, in the order of KEYS[8..]: task id, stream entry id, outcome
+--   ('succeeded' | 'retry' | 'dead' | 'cancelled': the run stopped for a cancel request),
+--   result (JSON) or error text, traceback summary, retry delay (ms), attempts made
+-- Returns one item per outcome: 1 when it was written, 0 when the delivery was stale (nothing
+-- written). A run whose cancellation was requested (cancel.lua marked the record) ends
+-- 'cancelled' whatever its outcome: the cancel and the finish are each atomic, so whichever
+-- comes first decides, and the task has one terminal record, counted and published once.
+local stream, due_set, dead, counters = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local index, callbacks, group, ttl = KEYS[5], KEYS[6], ARGV[1], ARGV[2]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local outcome = ARGV[4]
-if r[4] then
-  outcome = 'cancelled'
-end
--- Counted here, so a stale duplicate (which wrote nothing above) is never counted.
-redis.call('HINCRBY', KEYS[5], task_type .. '|' .. outcome, 1)
-if outcome == 'succeeded' then
-  redis.call('HSET', record, 'status', 'succeeded', 'result', ARGV[5], 'finished_at', now,
-    'entry', '')
-  redis.call('PEXPIRE', record, ARGV[7])
-  redis.call('PUBLISH', ARGV[9], 'succeeded')
-elseif outcome == 'cancelled' then
-  -- No result is kept: the caller asked for the work not to be done.
-  redis.call('HSET', record, 'status', 'cancelled', 'finished_at', now, 'entry', '')
-  redis.call('PEXPIRE', record, ARGV[7])
-  redis.call('PUBLISH', ARGV[9], 'cancelled')
-elseif outcome == 'retry' then
-  local due = now + tonumber(ARGV[8])
-  redis.call('HSET', record, 'status', 'failed', 'error', ARGV[5], 'traceback', ARGV[6],
-    'entry', '', 'due_at', due, 'prior_attempts', ARGV[10])
-  redis.call('ZADD', KEYS[3], due, ARGV[1])
-  if r[5] then  -- a failure with a retry to come is published only to watchers (watch.lua)
-    redis.call('PUBLISH', ARGV[9], 'failed')
+feed_open(KEYS[7])
+local out = {}
+local acked = {}
+for i = 8, #KEYS do
+  local record, a = KEYS[i], 4 + (i - 8) * 7
+  local id, entry, outcome = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  local value, tb, attempts = ARGV[a + 3], ARGV[a + 4], ARGV[a + 6]
+  acked[#acked + 1] = entry
+  -- pcall: a key of another type under the task's name (not Spillway's) is a stale delivery.
+  local r = redis.pcall('HMGET', record, 'status', 'entry', 'type', 'cancel_requested_at',
+    'watched', 'callback', 'queue')
+  -- Only the delivery the record points at may write: a reclaimed duplicate, or a delivery of
+  -- a task that was cancelled or already finished, writes nothing.
+  if r['err'] or r[1] ~= 'running' or r[2] ~= entry then
+    out[#out + 1] = 0
+  else
+    local task_type = r[3] or ''  -- fields a record may lack (not Spillway's) read as ''
+    local channel = ARGV[3] .. id
+    if r[4] then
+      outcome = 'cancelled'
+    end
+    -- Counted here, so a stale duplicate (which wrote nothing above) is never counted.
+    redis.call('HINCRBY', counters, task_type .. '|' .. outcome, 1)
+    if outcome == 'succeeded' then
+      redis.call('HSET', record, 'status', 'succeeded', 'result', value, 'finished_at', now,
+        'entry', '')
+      redis.call('PEXPIRE', record, ttl)
+      redis.call('PUBLISH', channel, 'succeeded')
+    elseif outcome == 'cancelled' then
+      -- No result is kept: the caller asked for the work not to be done.
+      redis.call('HSET', record, 'status', 'cancelled', 'finished_at', now, 'entry', '')
+      redis.call('PEXPIRE', record, ttl)
+      redis.call('PUBLISH', channel, 'cancelled')
+    elseif outcome == 'retry' then
+      local due = now + tonumber(ARGV[a + 5])
+      redis.call('HSET', record, 'status', 'failed', 'error', value, 'traceback', tb,
+        'entry', '', 'due_at', due, 'prior_attempts', attempts)
+      redis.call('ZADD', due_set, due, id)
+      if r[5] then  -- a failure with a retry to come is published only to watchers (watch.lua)
+        redis.call('PUBLISH', channel, 'failed')
+      end
+    else
+      local f = redis.call('HMGET', record, 'type', 'queue', 'payload', 'policy', 'created_at')
+      -- The dead letter keeps the policy whole, so a replay runs under the same one.
+      local letter = redis.call('XADD', dead, '*', 'id', id, 'type', f[1] or '',
+        'queue', f[2] or '', 'payload', f[3] or '', 'error', value, 'traceback', tb,
+        'attempts', attempts, 'policy', f[4] or '', 'created_at', f[5] or '', 'failed_at', now)
+      redis.call('HSET', index, id, letter)
+      -- The record points at its dead letter, so a replay by task id needs no search.
+      redis.call('HSET', record, 'status', 'dead', 'error', value, 'traceback', tb,
+        'finished_at', now, 'entry', '', 'dead_letter', letter)
+      redis.call('PEXPIRE', record, ttl)
+      redis.call('PUBLISH', channel, 'dead')
+    end
+    feed(id, r[7] or '', task_type, outcome == 'retry' and 'failed' or outcome, attempts)
+    if r[6] and outcome ~= 'retry' then  -- its completion webhook (spillway.deliverer)
+      redis.call('ZADD', callbacks, now, id)
+    end
+    out[#out + 1] = 1
   end
-else
-  local f = redis.call('HMGET', record, 'type', 'queue', 'payload', 'policy', 'created_at')
-  -- The dead letter keeps the policy whole, so a replay runs under the same one.
-  local letter = redis.call('XADD', KEYS[4], '*', 'id', ARGV[1], 'type', f[1] or '',
-    'queue', f[2] or '', 'payload', f[3] or '', 'error', ARGV[5], 'traceback', ARGV[6],
-    'attempts', ARGV[10], 'policy', f[4] or '', 'created_at', f[5] or '', 'failed_at', now)
-  redis.call('HSET', KEYS[6], ARGV[1], letter)
-  -- The record points at its dead letter, so a replay by task id needs no search.
-  redis.call('HSET', record, 'status', 'dead', 'error', ARGV[5], 'traceback', ARGV[6],
-    'finished_at', now, 'entry', '', 'dead_letter', letter)
-  redis.call('PEXPIRE', record, ARGV[7])
-  redis.call('PUBLISH', ARGV[9], 'dead')
 end
-feed_open(KEYS[8])
-feed(ARGV[1], r[7] or '', task_type, outcome == 'retry' and 'failed' or outcome, ARGV[10])
-if r[6] and outcome ~= 'retry' then  -- its completion webhook (spillway.deliverer)
-  redis.call('ZADD', KEYS[7], now, ARGV[1])
+-- Acknowledged and deleted after the records are read: each record check compares the entry
+-- it holds, not the PEL, so the order changes nothing. A call per 500 ids (unpack's bound).
+for first = 1, #acked, 500 do
+  local last = math.min(first + 499, #acked)
+  redis.call('XACK', stream, group, unpack(acked, first, last))
+  redis.call('XDEL', stream, unpack(acked, first, last))
 end
-return 1
+return out
