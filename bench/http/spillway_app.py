@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-from asyncio import Future, get_running_loop
+from asyncio import Future, get_running_loop, sleep
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from spillway import Spillway
 from spillway.broker import AcceptRequest
@@ -34,3 +34,13 @@ app = Spillway()
 @app.task
 async def resize(payload: ResizeRequest) -> dict[str, int]:
     return {"pixels": payload.width * payload.height}
+
+
+class PauseRequest(BaseModel):
+    ms: int = Field(ge=0, le=1000)
+
+
+@app.task
+async def pause(payload: PauseRequest) -> None:
+    """Waits `ms` (an I/O call's stand-in): bounds what a worker drains (bench.overload)."""
+    await sleep(payload.ms / 1000)
