@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import gc
 import json
 import os
 import subprocess
@@ -143,13 +142,7 @@ def _stack(
 def _offer(port: int, body: bytes, rate: float, seconds: float) -> tuple[list[Answer], int]:
     import uvloop
 
-    # The generator's own collector off while it offers: with a minute's answers kept, each
-    # full collection paused it for tens of ms, and a request due then counts that pause.
-    gc.disable()
-    try:
-        return uvloop.run(offer("127.0.0.1", port, "/tasks", body, rate=rate, seconds=seconds))
-    finally:
-        gc.enable()
+    return uvloop.run(offer("127.0.0.1", port, "/tasks", body, rate=rate, seconds=seconds))
 
 
 def run(args: argparse.Namespace | None = None) -> Report:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import gc
 import time
 from dataclasses import dataclass
 from typing import cast
@@ -140,6 +141,26 @@ async def offer(
 
     Returns once every request is answered (or `drain_timeout` passes after the last is due).
     """
+    # The generator's own cyclic collector is off while it offers: with every answer kept,
+    # each full collection paused it for tens of ms, and the requests due meanwhile were
+    # counted late (docs/benchmarks.md, section "Overload").
+    gc.disable()
+    try:
+        return await _offer(host, port, path, body, rate, seconds, connections, drain_timeout)
+    finally:
+        gc.enable()
+
+
+async def _offer(
+    host: str,
+    port: int,
+    path: str,
+    body: bytes,
+    rate: float,
+    seconds: float,
+    connections: int,
+    drain_timeout: float,
+) -> tuple[list[Answer], int]:
     request = (
         f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
