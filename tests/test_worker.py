@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import itertools
 import time
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -164,6 +165,34 @@ async def test_a_cancelled_error_nobody_asked_for_is_a_failure_not_a_run_held_fo
     assert record.error is not None
     assert record.error.startswith("CancelledError"), record.error
     assert (await app.get(other)).status is TaskStatus.SUCCEEDED
+
+
+async def test_a_stray_cancellation_while_storing_outcomes_loses_no_outcome(
+    app: Spillway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A CancelledError nobody asked for, out of the Redis call that stores a batch of
+    # outcomes (seen in chaos scenario 14 mid-failover): it ended the finisher, the batch was
+    # dropped and the runs stayed claimed (renewed) for ever; now the batch is stored on retry.
+    @app.task()
+    async def fine(item: Item) -> int:
+        return item.n
+
+    ids = [await app.enqueue("fine", {"n": n}) for n in range(5)]
+    finish = app.broker.work.finish
+    calls = 0
+
+    async def stray_first(outcomes: list[Any]) -> list[bool]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise asyncio.CancelledError
+        return await finish(outcomes)
+
+    monkeypatch.setattr(app.broker.work, "finish", stray_first)
+    await drain(app)
+    assert calls >= 2
+    for task_id in ids:
+        assert (await app.get(task_id)).status is TaskStatus.SUCCEEDED
 
 
 async def test_unknown_types_are_dead_lettered_on_their_first_delivery(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -25,7 +26,7 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -156,13 +157,11 @@ class Worker:
             "worker %s consuming %s with concurrency %d%s",
             self.name, ",".join(self.queues), self.concurrency, " (burst)" if self.burst else "",
         )  # fmt: skip
-        finisher = asyncio.create_task(self._finish_loop(), name="spillway-finisher")
-        keeper = asyncio.create_task(self._keep_loop(), name="spillway-keeper")
-        renewer = asyncio.create_task(self._renew_loop(), name="spillway-renewer")
+        finisher = self._helper("finisher", self._finish_loop)
+        keeper = self._helper("keeper", self._keep_loop)
+        renewer = self._helper("renewer", self._renew_loop)
         # Webhooks beside the readers, never in a task's slot (spillway.deliverer).
-        delivering = asyncio.create_task(
-            self._deliverer.run(self._stopping), name="spillway-webhooks"
-        )
+        delivering = self._helper("webhooks", lambda: self._deliverer.run(self._stopping))
         try:
             # One reader per shard and queue (and limited type): on a cluster a read cannot
             # span slots, and separate readers let a busy shard's work flow while another is
@@ -172,7 +171,8 @@ class Worker:
                     for plan in self._plans:
                         lanes = {shard.stream(lane): (lane, shard.shard) for lane in plan.lanes}
                         name = f"read-{shard.shard}-{plan.lanes[1]}"
-                        readers.create_task(self._read_restarting(lanes, plan), name=name)
+                        reader = functools.partial(self._read_loop, lanes, plan)
+                        readers.create_task(self._restarting(name, reader), name=name)
         finally:
             await self._shutdown(finisher, keeper, renewer, delivering)
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -259,26 +259,39 @@ class Worker:
     def _free(self) -> int:
         return self.concurrency - len(self._inflight) - self._reserved
 
-    async def _read_restarting(self, lanes: dict[str, tuple[str, int]], plan: _Plan) -> None:
-        """`_read_loop`, restarted if a cancellation nobody asked for ends it.
+    def _helper(self, name: str, loop: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        """One of the worker's long-lived loops beside the readers, restarted like them, and
+        also after an error it did not expect (logged): a plain task ends silently."""
+        return asyncio.create_task(
+            self._restarting(name, loop, errors=True), name=f"spillway-{name}"
+        )
 
-        A TaskGroup drops a child that ends cancelled without a word, so a stray
-        CancelledError out of a Redis call (none was requested: `cancelling()` is 0) would
-        leave a shard's lanes unread for good while the worker looks healthy. That is what a
-        failed slot-move test showed (the moved shard's tasks all queued, no consumer ever on
-        its stream, nothing logged), though the cause there was not caught in the act. A
-        cancellation that was asked for (shutdown, a sibling's failure) still ends the reader.
+    async def _restarting(
+        self, name: str, loop: Callable[[], Awaitable[None]], *, errors: bool = False
+    ) -> None:
+        """`loop`, restarted if a cancellation nobody asked for ends it (and, with `errors`,
+        if an exception does).
+
+        A stray CancelledError out of a Redis call (none was requested: `cancelling()` is 0)
+        ends a task as if it had been asked to stop, and a TaskGroup (or a plain task) drops
+        it without a word. It left a shard's lanes unread in a slot-move test, and a worker
+        with no finisher in chaos scenario 14 (its runs' outcomes never stored, their claims
+        renewed for ever: docs/reliability.md finding 22). A cancellation that was asked for
+        (shutdown, a sibling's failure) still ends the loop.
         """
         task = asyncio.current_task()
         while True:
             try:
-                await self._read_loop(lanes, plan)
+                await loop()
                 return
             except asyncio.CancelledError:
                 if self._stopping.is_set() or task is None or task.cancelling():
                     raise
-                log.warning("reader of %s: a stray cancellation ended it; restarted",
-                            ",".join(lanes))  # fmt: skip
+                log.warning("%s: a stray cancellation ended it; restarted", name)
+            except Exception:
+                if not errors:
+                    raise
+                log.exception("%s failed; restarted", name)
             await self._sleep(0.1)
 
     async def _read_loop(self, lanes: dict[str, tuple[str, int]], plan: _Plan) -> None:
@@ -535,15 +548,23 @@ class Worker:
             while not self._outcomes.empty() and len(batch) < 1000:
                 batch.append(self._outcomes.get_nowait())
             backoff = 0.05
+            task = asyncio.current_task()
             while True:
+                # Whatever ends a try, the batch is kept and tried again (storing an outcome
+                # twice writes it once): dropped, its runs would stay claimed for ever.
                 try:
                     await self.app.broker.work.finish(batch)
                     break
                 except BrokerUnavailable as exc:
-                    # Keep the outcomes: they are stored as soon as Redis is back.
                     log.warning("storing %d outcomes failed, retrying: %s", len(batch), exc)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
+                except asyncio.CancelledError:
+                    if task is None or task.cancelling():
+                        raise  # the shutdown
+                    log.warning("storing %d outcomes: a stray cancellation; retrying", len(batch))
+                except Exception:
+                    log.exception("storing %d outcomes failed, retrying", len(batch))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
             await self._free_slots([o.delivery for o in batch])
             for o in batch:
                 metrics.task_finished(o.type, o.kind)
