@@ -195,6 +195,35 @@ async def test_a_stray_cancellation_while_storing_outcomes_loses_no_outcome(
         assert (await app.get(task_id)).status is TaskStatus.SUCCEEDED
 
 
+async def test_a_stray_cancellation_while_beginning_runs_the_deliveries_anyway(
+    app: Spillway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same stray CancelledError out of the call that begins a batch: it ended the reader
+    # (restarted) and left the deliveries held by this worker, never run.
+    @app.task()
+    async def fine(item: Item) -> int:
+        return item.n
+
+    ids = [await app.enqueue("fine", {"n": n}) for n in range(5)]
+    begin = app.broker.work.begin
+    calls = 0
+
+    async def stray_first(deliveries: list[Any]) -> list[Any]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise asyncio.CancelledError
+        return await begin(deliveries)
+
+    monkeypatch.setattr(app.broker.work, "begin", stray_first)
+    await drain(app)
+    assert calls >= 2
+    for task_id in ids:
+        record = await app.get(task_id)
+        assert record.status is TaskStatus.SUCCEEDED
+        assert record.attempts == 1
+
+
 async def test_unknown_types_are_dead_lettered_on_their_first_delivery(
     app: Spillway, redis: aioredis.Redis
 ) -> None:

@@ -499,6 +499,7 @@ class Worker:
             return
         for d in deliveries:  # hold the slots while begin runs, so renewal covers them
             self._inflight[d] = None
+        task = asyncio.current_task()
         while True:
             try:
                 started = await self.app.broker.work.begin(deliveries)
@@ -507,7 +508,14 @@ class Worker:
                 if self._stopping.is_set():
                     return  # left in _inflight: released at shutdown
                 log.warning("begin failed, retrying: %s", exc)
-                await self._sleep(0.2)
+            except asyncio.CancelledError:
+                # Asked for (shutdown): left in _inflight, released at shutdown. A stray one
+                # (finding 22) would leave these deliveries held and never run: begin again
+                # (a delivery begun twice runs once).
+                if self._stopping.is_set() or task is None or task.cancelling():
+                    raise
+                log.warning("begin: a stray cancellation; retrying")
+            await self._sleep(0.2)
         skipped = [d for d, s in zip(deliveries, started, strict=True) if s is None]
         await self._free_slots(skipped)
         for d, s in zip(deliveries, started, strict=True):
