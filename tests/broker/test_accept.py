@@ -3,6 +3,7 @@ frozen or late."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, cast
 
@@ -155,3 +156,33 @@ async def test_a_task_written_after_its_caller_gave_up_is_reported(
     assert (await app.get(request.task_id)).status is TaskStatus.QUEUED
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any(request.task_id in w and "503" in w for w in warnings), warnings
+
+
+async def test_a_stray_cancellation_of_a_write_is_an_unknown_outcome_and_the_next_is_written(
+    app: Spillway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A CancelledError nobody asked for, out of the Redis call of an accept batch (seen
+    # mid-failover): it reached the caller as a CancelledError (a 500 through the API) and
+    # ended the flusher. Now the caller gets OutcomeUnknown (503) and the next batch goes out.
+    @app.task
+    async def job(item: Item) -> None:
+        return None
+
+    writer = app.broker.accepts
+    write = writer.write
+    calls = 0
+
+    async def stray_first(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise asyncio.CancelledError
+        return await write(*args, **kwargs)
+
+    await app.connect()
+    monkeypatch.setattr(writer, "write", stray_first)
+    with pytest.raises(OutcomeUnknown) as refused:
+        await app.enqueue("job", {"n": 1})
+    assert refused.value.task_id
+    task_id = await app.enqueue("job", {"n": 2})
+    assert (await app.get(task_id)).status is TaskStatus.QUEUED

@@ -195,14 +195,24 @@ class AcceptWriter:
             try:
                 results = await self.write([r for r, _ in waiting], deadline, batch)
             except BaseException as exc:  # every caller must hear of the failure
+                error = exc
+                flusher = asyncio.current_task()
+                if isinstance(exc, asyncio.CancelledError) and not (
+                    flusher is None or flusher.cancelling()
+                ):
+                    # A cancellation nobody asked for, out of the Redis call (seen mid-failover:
+                    # docs/reliability.md finding 22): the batch may have been written, so its
+                    # callers get the 503 of an unknown outcome, not a 500, and the flusher
+                    # goes on with the next batch.
+                    error = OutcomeUnknown("the write to Redis was interrupted")
                 for request, future in waiting:
                     if not future.done():
-                        if isinstance(exc, OutcomeUnknown):  # each names the task it may be
-                            future.set_exception(exc.naming(request.task_id))
+                        if isinstance(error, OutcomeUnknown):  # each names the task it may be
+                            future.set_exception(error.naming(request.task_id))
                         else:
-                            future.set_exception(exc)
+                            future.set_exception(error)
                         future.exception()  # its caller may have gone: no "never retrieved"
-                if not isinstance(exc, Exception):
+                if not isinstance(error, Exception):
                     raise
                 continue
             finally:
