@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,21 +85,23 @@ def _env(redis_url: str) -> dict[str, str]:
     }
 
 
-def worker_command() -> list[str]:
+def worker_command(concurrency: int = WORKER_CONCURRENCY) -> list[str]:
     return [
         sys.executable, "-m", "spillway", "worker", APP,
-        "--concurrency", str(WORKER_CONCURRENCY), "--log-level", "warning",
+        "--concurrency", str(concurrency), "--log-level", "warning",
     ]  # fmt: skip
 
 
 @contextlib.contextmanager
-def stack(log_dir: Path) -> Iterator[Stack]:
+def stack(
+    log_dir: Path, concurrency: int = WORKER_CONCURRENCY, redis_args: Sequence[str] = ()
+) -> Iterator[Stack]:
     """Start Redis, the API and the worker; stop them all by PID on the way out."""
-    with EmbeddedRedis(appendonly=True) as server:
+    with EmbeddedRedis(appendonly=True, extra_args=redis_args) as server:
         api = spillway_server(server.url, API_PROCESSES)
         log = (log_dir / "worker.log").open("wb")
         worker = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-            worker_command(),
+            worker_command(concurrency),
             env=_env(server.url),
             cwd=ROOT,
             stdout=log,

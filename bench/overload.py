@@ -17,16 +17,12 @@ that second's p99. The figure goes to docs/overload.png; every process is stoppe
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,10 +30,9 @@ import redis
 
 from bench import ROOT, Report, machine, standalone
 from bench.http.openloop import Answer, offer
-from bench.http.run import PREFIX, spillway_server
-from bench.latency import pct
+from bench.http.run import PREFIX
+from bench.latency import pct, stack
 from spillway.broker.keys import Keys
-from spillway.embedded import EmbeddedRedis
 
 __all__ = ["TITLE", "run"]
 
@@ -105,40 +100,6 @@ class Sampler:
         self._client.close()
 
 
-@contextlib.contextmanager
-def _stack(
-    log_dir: Path, concurrency: int, redis_args: list[str]
-) -> Iterator[tuple[EmbeddedRedis, int]]:
-    with EmbeddedRedis(appendonly=True, extra_args=redis_args) as server:
-        api = spillway_server(server.url, 2)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SPILLWAY_")}
-        env |= {
-            "PYTHONPATH": str(ROOT),
-            "SPILLWAY_REDIS_URL": server.url,
-            "SPILLWAY_PREFIX": PREFIX,
-        }
-        command = [
-            sys.executable, "-m", "spillway", "worker", APP,
-            "--concurrency", str(concurrency), "--log-level", "warning",
-        ]  # fmt: skip
-        with (log_dir / "worker.log").open("wb") as log:
-            worker = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-                command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-        try:
-            api.start(log_dir)
-            yield server, api.port
-        finally:
-            api.stop()
-            worker.terminate()
-            try:
-                worker.wait(15)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
-
-
 def _offer(port: int, body: bytes, rate: float, seconds: float) -> tuple[list[Answer], int]:
     import uvloop
 
@@ -155,7 +116,8 @@ def run(args: argparse.Namespace | None = None) -> Report:
     # The control: Redis's automatic AOF rewrite off (each rewrite forks, and the child's
     # writing shares the machine's CPUs and disk with the API).
     redis_args = ["--auto-aof-rewrite-percentage", "0"] if args.no_aof_rewrite else []
-    with _stack(log_dir, args.concurrency, redis_args) as (server, port):
+    with stack(log_dir, args.concurrency, redis_args) as s:
+        server, port = s.redis, s.api.port
         _offer(port, json.dumps({"type": "pause", "payload": {"ms": 0}}).encode(), 500, 2)
         client = redis.Redis.from_url(server.url)
         shard = Keys(PREFIX).shard(0)

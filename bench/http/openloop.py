@@ -13,12 +13,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import gc
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, ParamSpec, TypeVar, cast
 
 import orjson
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 __all__ = ["Answer", "offer", "take_response"]
 
@@ -126,6 +131,25 @@ class _Pool:
             self.idle.remove(conn)
 
 
+def _collector_off(
+    fn: Callable[P, Coroutine[Any, Any, R]],
+) -> Callable[P, Coroutine[Any, Any, R]]:
+    """Run `fn` with the generator's cyclic collector off: with every answer kept, each full
+    collection paused the generator for tens of ms, and the requests due meanwhile were counted
+    late (docs/benchmarks.md, section "Overload")."""
+
+    @functools.wraps(fn)
+    async def off(*args: P.args, **kwargs: P.kwargs) -> R:
+        gc.disable()
+        try:
+            return await fn(*args, **kwargs)
+        finally:
+            gc.enable()
+
+    return off
+
+
+@_collector_off
 async def offer(
     host: str,
     port: int,
@@ -141,26 +165,6 @@ async def offer(
 
     Returns once every request is answered (or `drain_timeout` passes after the last is due).
     """
-    # The generator's own cyclic collector is off while it offers: with every answer kept,
-    # each full collection paused it for tens of ms, and the requests due meanwhile were
-    # counted late (docs/benchmarks.md, section "Overload").
-    gc.disable()
-    try:
-        return await _offer(host, port, path, body, rate, seconds, connections, drain_timeout)
-    finally:
-        gc.enable()
-
-
-async def _offer(
-    host: str,
-    port: int,
-    path: str,
-    body: bytes,
-    rate: float,
-    seconds: float,
-    connections: int,
-    drain_timeout: float,
-) -> tuple[list[Answer], int]:
     request = (
         f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
