@@ -8,19 +8,18 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import FunctionType
-from typing import cast
 
 import pytest
 import redis.asyncio as aioredis
 from tests import browser, clitools, procs
 from tests.api import servers
 from tests.chaos import harness
+from tests.clients import ready_client
 from tests.embedded_cluster import EmbeddedCluster
 from tests.procs import settings_env
 
 from spillway import Settings, Spillway
 from spillway.api.uvicorn_fast import probe
-from spillway.broker.connection import make_client
 from spillway.embedded import EmbeddedRedis
 from spillway.supervisor import Supervisor
 
@@ -94,13 +93,8 @@ async def app(settings: Settings) -> AsyncIterator[Spillway]:
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     """A plain client (a cluster client on a cluster), to look at what Spillway wrote."""
-    client = make_client(redis_url, socket_timeout=5, connect_timeout=5, max_connections=16)
-    if not isinstance(client, aioredis.Redis):
-        # Learn the slot map before a test's first commands run concurrently: redis-py's
-        # cluster client races on concurrent first use and closes connections in use ("Connection
-        # closed by server" in a BLPOP of test_cancel's racing test, seen in make test-cluster).
-        await client.initialize()
-    yield cast(aioredis.Redis, client)
+    client = await ready_client(redis_url, timeout=5, max_connections=16)
+    yield client
     if isinstance(client, aioredis.Redis):
         await client.aclose(close_connection_pool=True)
     else:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import cast
 
 import redis.asyncio as aioredis
 from pydantic import BaseModel
+from tests.clients import ready_client
 
 from spillway import Spillway, TaskContext
-from spillway.broker.connection import make_client
 
 app = Spillway()
 
@@ -30,12 +29,7 @@ async def _connect() -> aioredis.Redis:
     global _client
     if _client is None:
         assert app.settings.redis_url is not None
-        client = make_client(
-            app.settings.redis_url, socket_timeout=5, connect_timeout=5, max_connections=512
-        )
-        if not isinstance(client, aioredis.Redis):
-            await client.initialize()  # before concurrent use (see Broker.check_server)
-        _client = cast(aioredis.Redis, client)  # a cluster client speaks the same commands
+        _client = await ready_client(app.settings.redis_url, timeout=5, max_connections=512)
     return _client
 
 

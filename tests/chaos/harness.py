@@ -18,16 +18,16 @@ import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import redis.asyncio as aioredis
+from tests.clients import ready_client
 from tests.embedded_cluster import EmbeddedCluster
 from tests.procs import settings_env
 
 from spillway import Settings, Spillway
 from spillway.broker import GROUP
-from spillway.broker.connection import make_client
 from spillway.embedded import EmbeddedRedis
 from spillway.records import TERMINAL
 
@@ -155,10 +155,7 @@ class Stack:
         elif self._redis_url is None:
             self.redis = EmbeddedRedis(appendonly=True, maxmemory=self._maxmemory).start()
         self.app = _chaos_app(self.settings)
-        client = make_client(self.url, socket_timeout=5, connect_timeout=5, max_connections=16)
-        if not isinstance(client, aioredis.Redis):
-            await client.initialize()  # before concurrent use (see tests/conftest.py `redis`)
-        self.client = cast(aioredis.Redis, client)
+        self.client = await ready_client(self.url, timeout=5, max_connections=16)
         return self
 
     async def close(self) -> None:
