@@ -413,3 +413,42 @@ async def test_a_task_whose_worker_vanished_mid_run_is_not_expired_on_redelivery
 
     record = await app.get(task_id)
     assert (record.status, record.attempts) == (TaskStatus.SUCCEEDED, 2)
+
+
+@pytest.mark.parametrize("linger", [0.5, 0.0], ids=["linger", "none"])
+async def test_under_load_a_reader_lets_the_linger_pass_and_reads_what_came_in_one_batch(
+    settings: Settings, linger: float
+) -> None:
+    # A read that brought more than one task but less than a batch lets SPILLWAY_READ_LINGER
+    # pass before the next: five tasks enqueued 20 ms apart meanwhile are read and begun
+    # together (one `started_at`, begin.lua's clock). Without a linger each is read alone.
+    app = Spillway(settings.model_copy(update={"read_linger": linger, "shards": 1}))
+
+    @app.task
+    async def noop(item: Item) -> None:
+        return None
+
+    worker = Worker(app, concurrency=100)
+    running = asyncio.create_task(worker.run())
+    try:
+        first = await app.enqueue_many([(noop, {"n": i}) for i in range(3)])
+        # A blocking read takes the first alone; the next read takes the other two.
+        for result in first:
+            await app.wait(str(result.task_id), timeout=10)
+        ids = []
+        for i in range(5):
+            ids.append(await app.enqueue(noop, {"n": i}))
+            await asyncio.sleep(0.02)
+        started = set()
+        for task_id in ids:
+            record = await app.wait(task_id, timeout=10)
+            assert record.status is TaskStatus.SUCCEEDED
+            started.add(record.started_at)
+        if linger:
+            assert len(started) == 1
+        else:
+            assert len(started) >= 4  # 80 ms apart in all
+    finally:
+        worker.stop()
+        await asyncio.wait_for(running, 10)
+        await app.close()

@@ -36,6 +36,16 @@ class Settings(BaseSettings):
     )
     block_ms: int = Field(default=1000, ge=1, le=60_000, description="XREADGROUP block time.")
     batch_size: int = Field(default=100, ge=1, le=10_000)
+    read_linger: float = Field(
+        default=0.005,
+        ge=0,
+        le=1,
+        description=(
+            "Seconds a worker's reader lets pass between reads while they bring more than one"
+            " task but less than a batch, so work arriving under load is read, begun and"
+            " stored in batches (docs/architecture.md#batching-under-load). 0: read at once."
+        ),
+    )
     heartbeat_interval: float = Field(default=5.0, gt=0)
     shutdown_grace: float = Field(default=30.0, ge=0)
     # Task policy defaults (each task may override them).
@@ -45,6 +55,16 @@ class Settings(BaseSettings):
     task_timeout: float = Field(default=300.0, gt=0)
     concurrency: int = Field(default=100, ge=1)
     # Accept-side limits.
+    accept_linger: float = Field(
+        default=0.002,
+        ge=0,
+        le=1,
+        description=(
+            "Seconds a process lets pass between its writes of single tasks while each write"
+            " carries more than one: the tasks arriving meanwhile go in the next"
+            " (docs/architecture.md#batching-under-load). At most half of redis_timeout."
+        ),
+    )
     max_payload_bytes: int = Field(default=1_048_576, ge=64)
     max_json_depth: int = Field(default=32, ge=1, le=256)
     max_json_containers: int = Field(
@@ -144,6 +164,13 @@ class Settings(BaseSettings):
     # tasks a failover can lose; 0 answers as soon as the primary has written it.
     wait_replicas: int = Field(default=0, ge=0)
     wait_timeout: float = Field(default=0.1, gt=0)
+
+    @model_validator(mode="after")
+    def _linger_fits_in_the_accept_budget(self) -> Settings:
+        # A caller waits at most twice redis_timeout for its 202, the linger included.
+        if self.accept_linger > self.redis_timeout / 2:
+            raise ValueError("accept_linger must not be longer than half of redis_timeout")
+        return self
 
     @model_validator(mode="after")
     def _wait_fits_in_the_redis_timeout(self) -> Settings:

@@ -309,6 +309,8 @@ class Worker:
         """
         broker = self.app.broker
         block_ms = min(self.settings.block_ms, 100) if self.burst else self.settings.block_ms
+        linger = self.settings.read_linger
+        loop = asyncio.get_running_loop()
         backoff = 0.1
         idle = False
         reads = 0
@@ -342,6 +344,7 @@ class Worker:
             waiting_on = lanes if idle else {}
             reserved = 1 if idle else count
             self._reserved += reserved
+            read_at = loop.time()
             try:
                 if plan.task_type is not None and plan.limits is not None:
                     limited = await self._read_limited(
@@ -371,6 +374,15 @@ class Worker:
             idle = not deliveries and plan.limits is None and not idle
             if deliveries:
                 await self._start(deliveries)
+                if 1 < len(deliveries) < count and linger:
+                    # Under load (more than one task, less than a batch), a read at most every
+                    # `read_linger`: what arrives meanwhile is read, begun and (mostly) stored
+                    # in one round trip each, not one per few tasks (docs/benchmarks.md, "CPU
+                    # budget per task"). A lone task (a quiet spell, a chain of tasks each
+                    # enqueuing the next) is read at once.
+                    wait = read_at + linger - loop.time()
+                    if wait > 0:
+                        await self._sleep(wait)
             elif self.burst and await self._drained_now():
                 self._end_burst()
                 return

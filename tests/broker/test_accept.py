@@ -186,3 +186,55 @@ async def test_a_stray_cancellation_of_a_write_is_an_unknown_outcome_and_the_nex
     assert refused.value.task_id
     task_id = await app.enqueue("job", {"n": 2})
     assert (await app.get(task_id)).status is TaskStatus.QUEUED
+
+
+@pytest.mark.parametrize(("linger", "most_writes"), [(0.25, 1), (0.0, 10)], ids=["linger", "none"])
+async def test_under_load_the_tasks_arriving_during_the_linger_share_one_write(
+    settings: Settings, linger: float, most_writes: int
+) -> None:
+    # After a write of more than one task, the next waits out SPILLWAY_ACCEPT_LINGER: ten
+    # tasks arriving 10 ms apart within it go in one script call (one `created_at`, the
+    # script's clock). Without a linger each goes alone.
+    app = Spillway(settings.model_copy(update={"accept_linger": linger, "shards": 1}))
+
+    @app.task
+    async def noop(item: Item) -> None:
+        return None
+
+    try:
+        await app.connect()
+        await asyncio.gather(*(app.enqueue(noop, {"n": i}) for i in range(2)))  # one write
+
+        async def later(i: int) -> str:
+            await asyncio.sleep(0.01 * i)
+            return await app.enqueue(noop, {"n": i})
+
+        ids = await asyncio.gather(*(later(i) for i in range(10)))
+        created = {(await app.get(task_id)).created_at for task_id in ids}
+        if most_writes == 1:
+            assert len(created) == 1
+        else:
+            assert len(created) >= 5  # 90 ms apart in all: a few may share a millisecond
+    finally:
+        await app.close()
+
+
+async def test_one_caller_awaiting_one_task_after_another_never_waits_the_linger(
+    settings: Settings,
+) -> None:
+    # Each write carries one task, so none waits: six awaited enqueues take a few ms, where
+    # lingering would take 2.5 s.
+    app = Spillway(settings.model_copy(update={"accept_linger": 0.5, "redis_timeout": 1.0}))
+
+    @app.task
+    async def noop(item: Item) -> None:
+        return None
+
+    try:
+        await app.connect()
+        started = time.monotonic()
+        for i in range(6):
+            await app.enqueue(noop, {"n": i})
+        assert time.monotonic() - started < 0.5
+    finally:
+        await app.close()

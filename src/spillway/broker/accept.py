@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -74,6 +75,11 @@ class AcceptWriter:
         self._timer: asyncio.TimerHandle | None = None
         self._batch = Batch()
         self._flusher: asyncio.Task[None] | None = None
+        # Under load, writes are at least `accept_linger` apart (see `_flush`): the last
+        # write's start (event-loop clock) and how many tasks it carried.
+        self._linger = s.accept_linger
+        self._written_at = -math.inf
+        self._gathered = 0
 
     def prepare(
         self,
@@ -189,8 +195,20 @@ class AcceptWriter:
         return await self.accept(request)
 
     async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._queue:
+            # Under load (the last write carried more than one task) the next write waits out
+            # the linger since the last, gathering the tasks that arrive meanwhile: a round
+            # trip per few tasks cost Redis and this process more than the wait costs their
+            # callers (docs/benchmarks.md, "CPU budget per task"). One caller awaiting one
+            # task after another never waits, nor a task after a quiet spell. A cancellation
+            # here leaves the queue to the next caller's flusher or its timer.
+            if self._gathered > 1:
+                wait = self._written_at + self._linger - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
             waiting, self._queue = self._queue, []
+            self._gathered, self._written_at = len(waiting), loop.time()
             deadline, timer, batch = self._deadline, self._timer, self._batch
             try:
                 results = await self.write([r for r, _ in waiting], deadline, batch)
