@@ -13,6 +13,7 @@ those options when a task is declared; `not_retried` applies them to a failure.
 
 from __future__ import annotations
 
+import functools
 import random
 
 __all__ = [
@@ -67,8 +68,14 @@ class RetryPolicy:
         """The policy of a record field (`ValueError` if it is not one `text` could write).
 
         Records live in Redis, where anyone may have written them: a policy whose numbers are
-        negative, not finite or past `_MAX_SECONDS` is refused here.
+        negative, not finite or past `_MAX_SECONDS` is refused here. Decoded once per text
+        (a worker begins thousands of tasks a second, nearly all of a few policies); the
+        cache is bounded, so texts written to make it grow only push each other out.
         """
+        return _decode(text)
+
+    @classmethod
+    def _parse(cls, text: str) -> RetryPolicy:
         max_retries, timeout, base, cap = text.split("|")
         policy = cls(int(max_retries), float(timeout), float(base), float(cap))
         numbers = (policy.timeout, policy.base, policy.cap)
@@ -84,6 +91,11 @@ class RetryPolicy:
 
     def __repr__(self) -> str:
         return f"RetryPolicy({self.text!r})"
+
+
+@functools.lru_cache(maxsize=256)
+def _decode(text: str) -> RetryPolicy:
+    return RetryPolicy._parse(text)
 
 
 def backoff_delay(attempt: int, base: float, cap: float, *, jitter: bool = True) -> float:
