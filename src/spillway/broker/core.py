@@ -133,11 +133,15 @@ class RedisCore:
             mapped = unavailable(exc)
             if mapped is None:
                 raise
-            if self.cluster and (
-                not isinstance(exc, ResponseError) or isinstance(exc, ClusterDownError)
+            if (
+                self.cluster
+                and self.settings.fast_path
+                and (not isinstance(exc, ResponseError) or isinstance(exc, ClusterDownError))
             ):
                 # A node unreachable or the cluster down: perhaps a failover, so learn the new
-                # slot map before the caller tries again (not for a full or busy node).
+                # slot map before the caller tries again (not for a full or busy node). Only
+                # on the fast path (redis-py's private names); on the stock path redis-py
+                # reloads the map itself after a connection error or a MOVED.
                 for client in (self.client, self.blocking):
                     await refresh_slots(client)  # type: ignore[arg-type]
             raise mapped from exc
