@@ -8,6 +8,10 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): each starts its own Redis (and cluster, PostgreSQL, browser).
+# Most tests wait on servers, timeouts and subprocesses, so two halve the suite on 2 CPUs.
+TEST_PROCESSES ?= 2
+PYTEST := $(BIN)/pytest -n $(TEST_PROCESSES)
 
 # uv installs into our venv (not its own .venv default) and never downloads an interpreter.
 export UV_PROJECT_ENVIRONMENT := $(VENV)
@@ -67,18 +71,18 @@ timed = start=$$(date +%s); $(2); status=$$?; \
 
 # --durations: the slowest tests, listed at the end of every run (make test's budget is ~5 min).
 test: $(STAMP) chromium redis-tls postgresql  ## run the test suite (all but chaos tests)
-	@$(call timed,test,$(BIN)/pytest -q -m "not chaos" --durations=25 $(PYTEST_ARGS))
+	@$(call timed,test,$(PYTEST) -q -m "not chaos" --durations=25 $(PYTEST_ARGS))
 
 # The browser and subprocess markers are applied in tests/conftest.py; no chromium needed.
 test-fast: $(STAMP) redis-tls  ## the edit-test loop: the suite without browser or subprocess tests
-	@$(call timed,test-fast,$(BIN)/pytest -q -m "not chaos and not browser and not subprocess" $(PYTEST_ARGS))
+	@$(call timed,test-fast,$(PYTEST) -q -m "not chaos and not browser and not subprocess" $(PYTEST_ARGS))
 
 test-cluster: $(STAMP) chromium redis-tls  ## run the suite against a local Redis Cluster (3 primaries, 3 shards)
-	SPILLWAY_TEST_CLUSTER=1 SPILLWAY_TEST_SHARDS=3 $(BIN)/pytest -q -m "not chaos" $(PYTEST_ARGS)
+	SPILLWAY_TEST_CLUSTER=1 SPILLWAY_TEST_SHARDS=3 $(PYTEST) -q -m "not chaos" $(PYTEST_ARGS)
 
 # The API and engine tests: the suite without the chaos tests and the browser test (it needs
 # chromium and Playwright, which are not what the jobs below vary).
-CORE_TESTS := -q -m "not chaos" -p no:cacheprovider --ignore=tests/test_dashboard.py
+CORE_TESTS := -n $(TEST_PROCESSES) -q -m "not chaos" -p no:cacheprovider --ignore=tests/test_dashboard.py
 
 # $(call matrix,NAME,RESOLUTION,DEV[,PREP]): a fresh .venv-NAME on $(PYTHON); PREP (a command,
 # run once the venv is there); our runtime dependencies resolved from pyproject.toml (never the

@@ -8,12 +8,14 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import FunctionType
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
 from tests import browser, clitools, procs
 from tests.api import servers
 from tests.chaos import harness
+from tests.chaos.report import ROWS, table
 from tests.clients import ready_client
 from tests.embedded_cluster import EmbeddedCluster
 from tests.procs import settings_env
@@ -186,3 +188,37 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         fixtures = [d.func for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs]
         if _reaches([inspect.unwrap(f) for f in (item.function, *fixtures)], _STARTERS):
             item.add_marker(pytest.mark.subprocess)
+
+
+# --- the chaos scenarios' table ----------------------------------------------------------------
+# Here, not in tests/chaos/conftest.py: with pytest-xdist the process that prints it collects
+# no tests, so it loads no conftest below this one.
+
+_ROW = "chaos scenario row"
+_sent = 0  # of ROWS, those this test process has passed on with their reports
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """In a test process of pytest-xdist, the rows a test recorded go with its report to the
+    process that prints the table (its own ROWS would stay empty)."""
+    global _sent
+    report = yield
+    if hasattr(item.config, "workerinput"):
+        report.user_properties += [(_ROW, row) for row in ROWS[_sent:]]
+        _sent = len(ROWS)
+    return report
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if getattr(report, "node", None) is not None:  # from a test process, here where it prints
+        ROWS.extend(cast(dict[str, Any], r) for name, r in report.user_properties if name == _ROW)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if ROWS:
+        terminalreporter.section("chaos scenarios")
+        terminalreporter.write_line(table(ROWS))
+        for row in ROWS:
+            for failure in row["failed"]:
+                terminalreporter.write_line(f"{row['scenario']} [{row['size']}]: {failure}")

@@ -1,4 +1,5 @@
-"""Fixtures of the chaos scenarios: a fresh stack of processes per scenario, and the table."""
+"""Fixtures of the chaos scenarios: a fresh stack of processes per scenario (the table of
+results is printed by tests/conftest.py, the one conftest every test process loads)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from typing import Any
 
 import pytest
 from tests.chaos.harness import Stack
-from tests.chaos.report import ROWS, table
 
 StackFactory = Callable[..., Stack]
 
@@ -29,12 +29,3 @@ async def stacks(tmp_path: Path) -> AsyncIterator[StackFactory]:
     finally:
         for stack in reversed(made):
             await stack.close()
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if ROWS:
-        terminalreporter.section("chaos scenarios")
-        terminalreporter.write_line(table(ROWS))
-        for row in ROWS:
-            for failure in row["failed"]:
-                terminalreporter.write_line(f"{row['scenario']} [{row['size']}]: {failure}")
