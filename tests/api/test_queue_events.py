@@ -187,7 +187,9 @@ async def test_every_change_of_a_queue_arrives_in_order_and_a_filter_keeps_only_
     # Nothing else passed the filter: the next event is the next change it selects.
     another = await app.enqueue("ok", {})
     await changes.drain()
-    assert [e.data["task_id"] for e in await finals.until(3)] == [ok, doomed, another]
+    first, second, third = [e.data["task_id"] for e in await finals.until(3)]
+    # ok and doomed may be in two shards, whose changes interleave in either order.
+    assert ({first, second}, third) == ({ok, doomed}, another)
     await everything.close()
     await finals.close()
 
