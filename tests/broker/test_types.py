@@ -57,3 +57,27 @@ async def test_the_broker_guard_maps_a_leaked_error_and_lets_a_bug_through(app: 
     with pytest.raises(AttributeError):
         async with core.guard():
             raise _raised_in(__file__, LEAK)
+
+
+# What uvloop raises for a write to a transport closed under redis-py's connection (a cluster
+# primary killed mid-batch: scenario 14 once answered it as a 500).
+CLOSED = (
+    "raise RuntimeError('unable to perform operation on <TCPTransport closed=True "
+    "reading=False 0x1>; the handler is closed')"
+)
+
+
+async def test_a_closed_transport_under_redis_py_is_a_lost_connection_elsewhere_a_bug(
+    app: Spillway,
+) -> None:
+    leaked = _raised_in(redis.asyncio.connection.__file__, CLOSED)
+    assert isinstance(unavailable(leaked), BrokerUnavailable)
+    assert connection_lost(leaked)
+    assert unavailable(_raised_in(__file__, CLOSED)) is None
+    await app.connect()
+    with pytest.raises(BrokerUnavailable):
+        async with app.broker.core.guard():
+            raise _raised_in(redis.asyncio.connection.__file__, CLOSED)
+    with pytest.raises(RuntimeError):
+        async with app.broker.core.guard():
+            raise _raised_in(__file__, CLOSED)

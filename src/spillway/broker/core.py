@@ -129,6 +129,7 @@ class RedisCore:
             raise
         except (
             RedisError, RedisClusterException, OSError, TimeoutError, AttributeError, TypeError,
+            RuntimeError,
         ) as exc:  # fmt: skip
             mapped = unavailable(exc)
             if mapped is None:

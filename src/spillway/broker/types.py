@@ -66,14 +66,18 @@ _UNAVAILABLE_REPLIES = (
 # redis-py's connection code lets a closed transport's internals leak as AttributeError or
 # TypeError instead of ConnectionError: a write to a connection the peer reset
 # (redis/redis-py#4287), or a connect racing the disconnect of a cluster failover (seen in the
-# chaos suite: a write on a stream writer already set to None). Such an error raised in or under
-# that code is a lost connection; the same class raised anywhere else stays a bug.
+# chaos suite: a write on a stream writer already set to None). Under uvloop, a write to a
+# transport closed under it is a RuntimeError ("unable to perform operation on <TCPTransport
+# closed=True ...>; the handler is closed": a cluster primary killed mid-batch, scenario 14 in
+# CI of d5ecdec, answered as a 500). Such an error raised in or under that code is a lost
+# connection; the same class raised anywhere else stays a bug.
 _CONNECTION_CODE = frozenset({redis.asyncio.connection.__file__, redis.connection.__file__})
 
 
 def leaked_by_connection(exc: BaseException) -> bool:
-    """Whether `exc` is an AttributeError/TypeError raised inside redis-py's connection code."""
-    if not isinstance(exc, AttributeError | TypeError):
+    """Whether `exc` is an AttributeError, TypeError or RuntimeError raised inside redis-py's
+    connection code."""
+    if not isinstance(exc, AttributeError | TypeError | RuntimeError):
         return False
     tb = exc.__traceback__
     while tb is not None:
