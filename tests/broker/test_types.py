@@ -34,50 +34,41 @@ def test_lost_connections_are_unavailable_and_a_bad_command_is_a_bug() -> None:
 # The statement redis-py's asyncio connection ran when a connect raced the disconnect of a
 # cluster failover (the chaos suite's scenario 14 once lost a worker to it).
 LEAK = "_writer = None\n_writer.writelines([b'PING'])"
-
-
-def test_an_error_leaked_by_redis_py_connection_code_is_a_lost_connection() -> None:
-    leaked = _raised_in(redis.asyncio.connection.__file__, LEAK)
-    assert isinstance(leaked, AttributeError)
-    assert isinstance(unavailable(leaked), BrokerUnavailable)
-    assert connection_lost(leaked)
-    # The same error raised in any other code is a bug, and passes through.
-    ours = _raised_in(__file__, LEAK)
-    assert unavailable(ours) is None
-    assert not connection_lost(ours)
-    assert unavailable(TypeError("'NoneType' object is not callable")) is None
-
-
-async def test_the_broker_guard_maps_a_leaked_error_and_lets_a_bug_through(app: Spillway) -> None:
-    await app.connect()
-    core = app.broker.core
-    with pytest.raises(BrokerUnavailable):
-        async with core.guard():
-            raise _raised_in(redis.asyncio.connection.__file__, LEAK)
-    with pytest.raises(AttributeError):
-        async with core.guard():
-            raise _raised_in(__file__, LEAK)
-
-
 # What uvloop raises for a write to a transport closed under redis-py's connection (a cluster
 # primary killed mid-batch: scenario 14 once answered it as a 500).
 CLOSED = (
     "raise RuntimeError('unable to perform operation on <TCPTransport closed=True "
     "reading=False 0x1>; the handler is closed')"
 )
+LEAKS = pytest.mark.parametrize(
+    ("source", "kind"), [(LEAK, AttributeError), (CLOSED, RuntimeError)], ids=["leak", "closed"]
+)
 
 
-async def test_a_closed_transport_under_redis_py_is_a_lost_connection_elsewhere_a_bug(
-    app: Spillway,
+@LEAKS
+def test_an_error_leaked_by_redis_py_connection_code_is_a_lost_connection(
+    source: str, kind: type[Exception]
 ) -> None:
-    leaked = _raised_in(redis.asyncio.connection.__file__, CLOSED)
+    leaked = _raised_in(redis.asyncio.connection.__file__, source)
+    assert isinstance(leaked, kind)
     assert isinstance(unavailable(leaked), BrokerUnavailable)
     assert connection_lost(leaked)
-    assert unavailable(_raised_in(__file__, CLOSED)) is None
+    # The same error raised in any other code is a bug, and passes through.
+    ours = _raised_in(__file__, source)
+    assert unavailable(ours) is None
+    assert not connection_lost(ours)
+    assert unavailable(TypeError("'NoneType' object is not callable")) is None
+
+
+@LEAKS
+async def test_the_broker_guard_maps_a_leaked_error_and_lets_a_bug_through(
+    app: Spillway, source: str, kind: type[Exception]
+) -> None:
     await app.connect()
+    core = app.broker.core
     with pytest.raises(BrokerUnavailable):
-        async with app.broker.core.guard():
-            raise _raised_in(redis.asyncio.connection.__file__, CLOSED)
-    with pytest.raises(RuntimeError):
-        async with app.broker.core.guard():
-            raise _raised_in(__file__, CLOSED)
+        async with core.guard():
+            raise _raised_in(redis.asyncio.connection.__file__, source)
+    with pytest.raises(kind):
+        async with core.guard():
+            raise _raised_in(__file__, source)
