@@ -22,8 +22,8 @@ class Received:
 class Receiver:
     port: int = 0
     received: list[Received] = field(default_factory=list)
-    #: What the next requests are answered, in order: a status, (status, extra headers), or
-    #: "hang" (never answered); once used up, 200.
+    #: What the next requests are answered, in order: a status, (status, extra headers),
+    #: "slow" (a 200 after half a second) or "hang" (never answered); once used up, 200.
     answers: list[int | tuple[int, dict[str, str]] | str] = field(default_factory=list)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -47,6 +47,9 @@ class Receiver:
             answer = self.answers.pop(0) if self.answers else 200
             if answer == "hang":
                 await asyncio.sleep(3600)
+            elif answer == "slow":
+                await asyncio.sleep(0.5)
+                answer = 200
             status, extra = answer if isinstance(answer, tuple) else (answer, {})
             more = "".join(f"{k}: {v}\r\n" for k, v in extra.items())
             reply = f"HTTP/1.1 {status} X\r\ncontent-length: 2\r\n{more}connection: close\r\n"

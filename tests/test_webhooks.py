@@ -225,6 +225,27 @@ async def test_a_delivery_cut_short_by_a_dead_worker_is_made_by_another_once_its
         await app.close()
 
 
+async def test_a_worker_stopped_mid_delivery_finishes_it_before_leaving(
+    hook_settings: Settings, receiver: Receiver
+) -> None:
+    # The race CI met: the worker's deliverer had claimed the webhook when the worker stopped.
+    # Cancelled mid-round, the claim waited out its lease (31 s) and the record said pending.
+    receiver.answers = ["slow"]
+    app = hooked(hook_settings)
+    try:
+        task_id = await app.enqueue("job", {"n": 1}, callback_url=receiver.url)
+        worker = Worker(app)
+        running = asyncio.create_task(worker.run())
+        await asyncio.wait_for(receiver.arrived.wait(), 10)  # the POST is in flight
+        worker.stop()
+        await asyncio.wait_for(running, 20)
+        callback = await callback_of(app, task_id)
+        assert (callback.status, callback.attempts, callback.last_error) == ("delivered", 1, None)
+        assert len(receiver.received) == 1
+    finally:
+        await app.close()
+
+
 async def _never() -> int:
     return 0
 

@@ -209,8 +209,6 @@ class Worker:
     ) -> None:
         self._stopping.set()
         keeper.cancel()
-        # A delivery cut short is tried again by any worker once its claim's lease runs out.
-        delivering.cancel()
         runs = [t for t in self._inflight.values() if t is not None]
         if runs:
             log.info(
@@ -226,6 +224,12 @@ class Worker:
                 await self._outcomes.join()
         finisher.cancel()
         renewer.cancel()  # only now: tasks finishing during the grace period keep their claims
+        # The deliverer ends after the round it is in (it sees `_stopping`): cancelled mid-round,
+        # its claims would wait out their lease and a burst's last round would find nothing.
+        # Bounded: a delivery cut short is tried again by any worker once its lease runs out.
+        _, late = await asyncio.wait([delivering], timeout=self.settings.callback_timeout + 1)
+        if late:
+            delivering.cancel()
         if self.burst:
             # What the tasks just run made due: a burst worker delivers it once before leaving.
             with contextlib.suppress(SpillwayError, TimeoutError):
