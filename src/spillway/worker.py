@@ -116,6 +116,8 @@ class Worker:
         self._stopping = asyncio.Event()
         self._outcomes: asyncio.Queue[Outcome] = asyncio.Queue()
         self._executor: ThreadPoolExecutor | None = None
+        # The loop `run` runs in (set there), for the hot paths: spillway.loops.
+        self._loop: asyncio.AbstractEventLoop
         self._drained = False
         # The slot each delivery of a type with a concurrency limit holds: (type, token).
         self._slots: dict[Delivery, tuple[str, str]] = {}
@@ -147,7 +149,7 @@ class Worker:
 
     async def run(self) -> None:
         """Run until stopped (SIGTERM/SIGINT, `stop()`), or until drained in burst mode."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
@@ -541,7 +543,8 @@ class Worker:
                 cancel = self._signals[d] = CancelSignal()
                 coro = self._run(s, cancel)
                 timed = metrics.timed_run(s.type, s.attempts, s.created_at_ms, coro)
-                run = asyncio.create_task(timed, name=f"spillway-task-{d.task_id}")
+                # The loop's own create_task: asyncio's asks for the loop (spillway.loops).
+                run = self._loop.create_task(timed, name=f"spillway-task-{d.task_id}")
                 self._inflight[d] = run
 
     def _release_slot(self, d: Delivery) -> None:
@@ -551,7 +554,7 @@ class Worker:
 
     async def _run(self, s: Started, cancel: CancelSignal) -> None:
         task = self.app.tasks.get(s.type)
-        run = execute(task, s, self._executor, cancel)
+        run = execute(task, s, self._executor, cancel, self._loop)
         tracing = self.app.tracing
         try:
             outcome = await (tracing.process(s, run) if tracing.enabled else run)

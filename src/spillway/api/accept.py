@@ -133,8 +133,8 @@ class Accept:
             request = self._task(path, key, doc, owner, turn)
         except (HTTPProblem, SpillwayError) as exc:
             return _finish(path, started, render(exc, body_loc=loc, admin=scope.get(ADMIN, False)))
-        answer: asyncio.Future[Rendered] = asyncio.get_running_loop().create_future()
         accepts = self.app.broker.accepts
+        answer: asyncio.Future[Rendered] = accepts.loops.get().create_future()
         tracing = self.app.tracing
         span = None
         if tracing.enabled:  # the request's trace goes on with the task (spillway.tracing)

@@ -31,6 +31,7 @@ from spillway.errors import (
 )
 from spillway.expiry import expiry_seconds
 from spillway.lanes import PRIORITIES, Priority
+from spillway.loops import LoopCache
 from spillway.pacing import Bounds, Pacer
 from spillway.records import EnqueueResult
 from spillway.settings import Settings
@@ -75,6 +76,9 @@ class AcceptWriter:
         self._timer: asyncio.TimerHandle | None = None
         self._batch = Batch()
         self._flusher: asyncio.Task[None] | None = None
+        #: The running loop, asked of asyncio once per loop (spillway.loops); the accept
+        #: route shares it.
+        self.loops = LoopCache()
         # Under load, writes are at least `accept_linger` apart (see `_flush`): the last
         # write's start (event-loop clock) and how many tasks it carried.
         self._linger = s.accept_linger
@@ -175,7 +179,7 @@ class AcceptWriter:
         if not self.core.is_ready:
             # The budget starts once the server is checked (the first use only).
             return asyncio.ensure_future(self._accept_when_ready(request))
-        loop = asyncio.get_running_loop()
+        loop = self.loops.get()
         future: asyncio.Future[str] = loop.create_future()
         queue = self._queue
         if not queue:
@@ -187,7 +191,7 @@ class AcceptWriter:
             self._timer = loop.call_later(budget, _give_up, queue, batch, budget)
         queue.append((request, future))
         if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
+            self._flusher = loop.create_task(self._flush())
         return future
 
     async def _accept_when_ready(self, request: AcceptRequest) -> str:
@@ -195,7 +199,7 @@ class AcceptWriter:
         return await self.accept(request)
 
     async def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loops.get()
         while self._queue:
             # Under load (the last write carried more than one task) the next write waits out
             # the linger since the last, gathering the tasks that arrive meanwhile: a round
