@@ -21,6 +21,9 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 feed_open(KEYS[7])
 local out = {}
 local acked = {}
+-- Counted per batch: one HINCRBY per type and outcome, not one per task (each is a command
+-- and about 70 bytes of AOF per task; docs/benchmarks.md#aof-bytes-per-task).
+local counts, counted = {}, {}
 for i = 8, #KEYS do
   local record, a = KEYS[i], 4 + (i - 8) * 7
   local id, entry, outcome = ARGV[a], ARGV[a + 1], ARGV[a + 2]
@@ -40,7 +43,11 @@ for i = 8, #KEYS do
       outcome = 'cancelled'
     end
     -- Counted here, so a stale duplicate (which wrote nothing above) is never counted.
-    redis.call('HINCRBY', counters, task_type .. '|' .. outcome, 1)
+    local counter = task_type .. '|' .. outcome
+    if not counts[counter] then
+      counted[#counted + 1] = counter
+    end
+    counts[counter] = (counts[counter] or 0) + 1
     if outcome == 'succeeded' then
       redis.call('HSET', record, 'status', 'succeeded', 'result', value, 'finished_at', now,
         'entry', '')
@@ -78,6 +85,9 @@ for i = 8, #KEYS do
     end
     out[#out + 1] = 1
   end
+end
+for _, counter in ipairs(counted) do
+  redis.call('HINCRBY', counters, counter, counts[counter])
 end
 -- Acknowledged and deleted after the records are read: each record check compares the entry
 -- it holds, not the PEL, so the order changes nothing. A call per 500 ids (unpack's bound).
