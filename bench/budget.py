@@ -99,7 +99,12 @@ def run(args: argparse.Namespace | None = None) -> Report:
         raise RuntimeError(f"{r.bad} requests failed at {args.rate:g}/s")
     per_task = {k: v / r.answered * 1e6 for k, v in r.cpu.items()}
     generator = r.generator_cpu / r.answered * 1e6
-    return _report(args, r.answered, per_task, generator, (own, inner, other), binary)
+    # What the AOF grew by per task, from a window no rewrite fell in (a rewrite resets it).
+    window = next((w for w in (r, logged) if w.aof_bytes is not None), None)
+    aof = (window.aof_bytes or 0) / window.answered if window is not None else None
+    return _report(
+        args, r.answered, per_task, generator, (own, inner, other), binary, (len(r.rewrites), aof)
+    )
 
 
 def _report(
@@ -109,8 +114,11 @@ def _report(
     generator: float,
     commands: tuple[dict[str, float], dict[str, float], float],
     binary: str | None,
+    aof: tuple[int, float | None],
 ) -> Report:
     by_command, inner, other = commands
+    rewrites, aof_per_task = aof
+    aof_bytes = "n/a (a rewrite in each window)" if aof_per_task is None else f"{aof_per_task:,.0f}"
     total = per_task["api"] + per_task["worker"] + per_task["redis"]
     in_commands = sum(by_command.values()) + other
     scripts = sum(usec for name, usec in by_command.items() if name.endswith(".lua"))
@@ -136,8 +144,10 @@ def _report(
             if not name.endswith(".lua") and usec >= 0.05
         ),
         f"| - - the benchmark's own reads of the records (not Spillway's) | {other:.1f} | |",
-        f"| - outside commands (protocol, networking, AOF, cron) "
-        f"| {per_task['redis'] - in_commands:.1f} | |",
+        f"| - AOF rewrites (the children Redis forked: {rewrites} in the window) "
+        f"| {per_task['aof_rewrites']:.1f} | |",
+        f"| - outside commands (protocol, networking, AOF writes, cron) "
+        f"| {per_task['redis'] - per_task['aof_rewrites'] - in_commands:.1f} | |",
         f"| **API + worker + Redis** | **{total:.0f}** | 100% |",
         f"| load generator (`bench.http.openloop`, not in the total) | {generator:.0f} | |",
     ]
@@ -154,7 +164,8 @@ def _report(
             "",
             "- CPU: user + system seconds of each process tree, from the first request until "
             "every task was done (idle work such as heartbeats and blocking reads counts), "
-            "divided by the tasks answered `202`.",
+            "divided by the tasks answered `202`. Redis's includes the AOF rewrites it forked "
+            "(budgets before 2026-12-05's second left them out).",
             "- Inside Redis: a second window of "
             f"{SLOWLOG_SECONDS:g} s at the same rate with every command clients sent in the "
             "slow log (`slowlog-log-slower-than 0`): the time per task inside each command "
@@ -162,6 +173,9 @@ def _report(
             "calls (listed, not added again: `INFO commandstats` would count them twice). "
             "Outside commands is the first window's Redis CPU less those, so it is "
             "approximate; the slow log's own cost stays out of the CPU rows.",
+            f"- The AOF grew by {aof_bytes} bytes per task (over a window with no rewrite "
+            "in it); each rewrite writes the whole dataset again, so its CPU grows with these "
+            "bytes.",
             "- The stack is `bench.latency`'s (Redis, 2 API processes, one worker, the "
             "generator: all on this 2-CPU machine).",
             f"- Command: `{command}` (`make bench` runs it as `python -m bench.run budget`).",
@@ -172,7 +186,7 @@ def _report(
     summary = (
         f"{args.rate:,.0f}/s: API {per_task['api']:.0f} us, worker {per_task['worker']:.0f} "
         f"us, Redis {per_task['redis']:.0f} us per task (total {total:.0f}, goal {GOAL_US}); "
-        f"generator {generator:.0f} us"
+        f"generator {generator:.0f} us; AOF {aof_bytes} bytes per task, {rewrites} rewrites"
     )
     return Report(TITLE, summary, markdown)
 
