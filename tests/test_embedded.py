@@ -9,6 +9,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from spillway.embedded import (
+    AOF_REWRITE_PERCENTAGE,
     MIN_VERSION,
     EmbeddedRedis,
     EmbeddedRedisError,
@@ -72,6 +73,15 @@ def test_key_written_before_a_kill_survives_restart_with_appendonly(key_prefix: 
         assert server.pid != killed_pid
         with connect(server) as client:
             assert client.get(f"{key_prefix}:k") == b"kept"
+
+
+def test_with_appendonly_the_aof_is_synced_each_second_and_rewritten_as_recommended() -> None:
+    names = ("appendonly", "appendfsync", "auto-aof-rewrite-percentage")
+    with EmbeddedRedis(appendonly=True) as server, connect(server) as client:
+        config = tuple(client.config_get(name)[name] for name in names)
+        assert config == ("yes", "everysec", str(AOF_REWRITE_PERCENTAGE))
+    with EmbeddedRedis() as server, connect(server) as client:  # a throw-away server: no AOF
+        assert client.config_get("appendonly")["appendonly"] == "no"
 
 
 def test_stop_leaves_no_process_and_no_directory() -> None:
