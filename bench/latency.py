@@ -68,6 +68,30 @@ class Stack:
             "aof_rewrites": forks,
         }
 
+    def empty(self) -> None:
+        """Delete the finished tasks' records, then rewrite the AOF and wait for it: the next
+        run starts as the first did (the records are kept for SPILLWAY_RESULT_TTL, and a run
+        after a million earlier tasks would measure the rewriting of their records)."""
+        client = redis.Redis.from_url(self.redis.url)
+        try:
+            pattern = "{" + PREFIX + ":*:task:*"
+            batch: list[bytes] = []
+            for key in client.scan_iter(match=pattern, count=10_000):
+                batch.append(key)
+                if len(batch) >= 10_000:
+                    client.unlink(*batch)
+                    batch.clear()
+            if batch:
+                client.unlink(*batch)
+            while client.info("persistence")["aof_rewrite_in_progress"]:
+                time.sleep(0.1)  # one already under way: BGREWRITEAOF would only queue
+            client.bgrewriteaof()
+            time.sleep(0.1)
+            while client.info("persistence")["aof_rewrite_in_progress"]:
+                time.sleep(0.1)
+        finally:
+            client.close()
+
     def aof(self) -> tuple[int, int]:
         """Redis's AOF size (bytes) and how many times it has forked (each an AOF rewrite:
         the embedded server takes no snapshots)."""
@@ -278,6 +302,7 @@ def run(args: argparse.Namespace | None = None) -> Report:
         measure_rate(s, min(args.rates), 2)  # warm-up: connections, imports, scripts
         for i in range(args.runs):
             for rate in args.rates:
+                s.empty()
                 r = measure_rate(s, rate, args.seconds)
                 results.setdefault(rate, []).append(r)
                 print(
@@ -378,7 +403,9 @@ def _report(
             "`bench/http/spillway_app.py`'s `resize` (validates its payload, returns a dict). "
             "**Accept-to-done** runs from the request's due time to the `finished_at` the "
             "worker's finish script stored (result written); Redis stores milliseconds, so "
-            f"each figure is within 1 ms. Medians of {args.runs} runs, min-max in brackets.",
+            f"each figure is within 1 ms. Medians of {args.runs} runs, min-max in brackets. "
+            "Each run starts on an emptied Redis (the earlier runs' task records deleted and "
+            "the AOF rewritten), as the HTTP benchmark's runs do.",
             "",
             "| offered tasks/s | answered tasks/s | HTTP 202 p99 | accept-to-done p50 "
             "| accept-to-done p99 | max | inside Spillway p99 (record created to finished) "
