@@ -165,7 +165,7 @@ def _report(
             "- CPU: user + system seconds of each process tree, from the first request until "
             "every task was done (idle work such as heartbeats and blocking reads counts), "
             "divided by the tasks answered `202`. Redis's includes the AOF rewrites it forked "
-            "(budgets before 2026-12-05's second left them out).",
+            "(budgets before commit a95a471 left them out).",
             "- Inside Redis: a second window of "
             f"{SLOWLOG_SECONDS:g} s at the same rate with every command clients sent in the "
             "slow log (`slowlog-log-slower-than 0`): the time per task inside each command "
