@@ -22,7 +22,7 @@ feed_open(KEYS[7])
 local out = {}
 local acked = {}
 -- Counted per batch: one HINCRBY per type and outcome, not one per task (each is a command
--- and about 70 bytes of AOF per task; docs/benchmarks.md#aof-bytes-per-task).
+-- and about 70 bytes of AOF per task; docs/reliability.md#aof-rewrites).
 local counts, counted = {}, {}
 for i = 8, #KEYS do
   local record, a = KEYS[i], 4 + (i - 8) * 7
