@@ -29,7 +29,7 @@ from bench.http.run import (
     spillway_server,
     stub_server,
 )
-from bench.latency import _offer, _tree_cpu
+from bench.latency import offer_tasks, tree_cpu
 from spillway.embedded import EmbeddedRedis
 
 __all__ = ["TITLE", "run"]
@@ -59,19 +59,19 @@ def run(args: argparse.Namespace | None = None) -> Report:
             try:
                 if server.process is None:
                     raise RuntimeError(f"{name} did not start")
-                _offer(server.port, 1000, 1)  # warm-up: connections, imports, scripts
+                offer_tasks(server.port, 1000, 1)  # warm-up: connections, imports, scripts
                 for rate in args.rates:
-                    before = _tree_cpu(server.process.pid)
-                    redis_before = _tree_cpu(redis_server.pid)
+                    before = tree_cpu(server.process.pid)
+                    redis_before = tree_cpu(redis_server.pid)
                     generator = time.process_time()
-                    answers, errors = _offer(server.port, rate, args.seconds)
+                    answers, errors = offer_tasks(server.port, rate, args.seconds)
                     n = len(answers)
                     bad = errors + sum(1 for a in answers if not 200 <= a.status < 300)
                     if bad or not n:
                         raise RuntimeError(f"{name}: {bad} bad answers of {n} at {rate:g}/s")
                     rows.setdefault(name, {})[rate] = (
-                        (_tree_cpu(server.process.pid) - before) / n * 1e6,
-                        (_tree_cpu(redis_server.pid) - redis_before) / n * 1e6,
+                        (tree_cpu(server.process.pid) - before) / n * 1e6,
+                        (tree_cpu(redis_server.pid) - redis_before) / n * 1e6,
                         (time.process_time() - generator) / n * 1e6,
                     )
                     print(f"{name} at {rate:,.0f}/s: {rows[name][rate][0]:.1f} us", flush=True)

@@ -37,7 +37,7 @@ from bench.http.run import PAYLOAD, PREFIX, Server, spillway_server
 from spillway.broker.keys import Keys
 from spillway.embedded import EmbeddedRedis
 
-__all__ = ["TITLE", "Stack", "measure_rate", "run", "stack"]
+__all__ = ["TITLE", "Stack", "measure_rate", "offer_tasks", "run", "stack", "tree_cpu"]
 
 TITLE = "End to end latency"
 APP = "bench.http.spillway_app:app"
@@ -62,9 +62,9 @@ class Stack:
             raise RuntimeError("the API is not running")
         forks = _forks_cpu(self.redis.pid)
         return {
-            "api": _tree_cpu(self.api.process.pid),
-            "worker": _tree_cpu(self.worker.pid),
-            "redis": _tree_cpu(self.redis.pid),
+            "api": tree_cpu(self.api.process.pid),
+            "worker": tree_cpu(self.worker.pid),
+            "redis": tree_cpu(self.redis.pid),
             "aof_rewrites": forks,
         }
 
@@ -85,8 +85,7 @@ class Stack:
                 client.unlink(*batch)
             while client.info("persistence")["aof_rewrite_in_progress"]:
                 time.sleep(0.1)  # one already under way: BGREWRITEAOF would only queue
-            client.bgrewriteaof()
-            time.sleep(0.1)
+            client.bgrewriteaof()  # forks before it replies: in progress from here
             while client.info("persistence")["aof_rewrite_in_progress"]:
                 time.sleep(0.1)
         finally:
@@ -103,7 +102,7 @@ class Stack:
         return int(persistence["aof_current_size"]), int(stats["total_forks"])
 
 
-def _tree_cpu(pid: int) -> float:
+def tree_cpu(pid: int) -> float:
     """A process tree's CPU seconds: each live process's own, and what its exited children
     used (for Redis, the AOF rewrites it forked: while one runs, as a live child)."""
     total = 0.0
@@ -116,15 +115,9 @@ def _tree_cpu(pid: int) -> float:
 
 
 def _forks_cpu(pid: int) -> float:
-    """The CPU seconds of a process's children, live and exited."""
-    root = psutil.Process(pid)
-    times = root.cpu_times()
-    total = times.children_user + times.children_system
-    for proc in root.children(recursive=True):
-        with contextlib.suppress(psutil.NoSuchProcess):
-            child = proc.cpu_times()
-            total += child.user + child.system
-    return total
+    """The CPU seconds of a process's children, live and exited: its tree's less its own."""
+    own = psutil.Process(pid).cpu_times()
+    return tree_cpu(pid) - own.user - own.system
 
 
 def _env(redis_url: str) -> dict[str, str]:
@@ -221,7 +214,7 @@ def measure_rate(s: Stack, rate: float, seconds: float, timeout: float = 120.0) 
         aof_before, forks_before = s.aof()
         before = s.cpu_seconds()
         gen_before = time.process_time()
-        answers, errors = _offer(s.api.port, rate, seconds)
+        answers, errors = offer_tasks(s.api.port, rate, seconds)
         gen_cpu = time.process_time() - gen_before
         ids = [a.task_id for a in answers if a.task_id]
         records = _wait_finished(client, ids, timeout)
@@ -249,8 +242,11 @@ def measure_rate(s: Stack, rate: float, seconds: float, timeout: float = 120.0) 
     )  # fmt: skip
 
 
-def _offer(port: int, rate: float, seconds: float) -> tuple[list[Answer], int]:
-    coro = offer("127.0.0.1", port, "/tasks", BODY, rate=rate, seconds=seconds)
+def offer_tasks(
+    port: int, rate: float, seconds: float, body: bytes = BODY
+) -> tuple[list[Answer], int]:
+    """POST `body` to /tasks on 127.0.0.1:`port` at `rate` for `seconds` (`offer`, on uvloop)."""
+    coro = offer("127.0.0.1", port, "/tasks", body, rate=rate, seconds=seconds)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux

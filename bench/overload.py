@@ -29,9 +29,8 @@ from pathlib import Path
 import redis
 
 from bench import ROOT, Report, machine, standalone
-from bench.http.openloop import Answer, offer
 from bench.http.run import PREFIX
-from bench.latency import pct, stack
+from bench.latency import offer_tasks, pct, stack
 from spillway.broker.keys import Keys
 
 __all__ = ["TITLE", "run"]
@@ -100,12 +99,6 @@ class Sampler:
         self._client.close()
 
 
-def _offer(port: int, body: bytes, rate: float, seconds: float) -> tuple[list[Answer], int]:
-    import uvloop
-
-    return uvloop.run(offer("127.0.0.1", port, "/tasks", body, rate=rate, seconds=seconds))
-
-
 def run(args: argparse.Namespace | None = None) -> Report:
     args = args or parser().parse_args([])
     capacity = args.concurrency * 1000 / args.task_ms
@@ -118,13 +111,13 @@ def run(args: argparse.Namespace | None = None) -> Report:
     redis_args = ["--auto-aof-rewrite-percentage", "0"] if args.no_aof_rewrite else []
     with stack(log_dir, args.concurrency, redis_args) as s:
         server, port = s.redis, s.api.port
-        _offer(port, json.dumps({"type": "pause", "payload": {"ms": 0}}).encode(), 500, 2)
+        offer_tasks(port, 500, 2, json.dumps({"type": "pause", "payload": {"ms": 0}}).encode())
         client = redis.Redis.from_url(server.url)
         shard = Keys(PREFIX).shard(0)
         client.hdel(shard.counters, "pause|succeeded")  # the warm-up's tasks do not count
         start = time.time()
         sampler = Sampler(server.url, start)
-        answers, errors = _offer(port, body, rate, args.seconds)
+        answers, errors = offer_tasks(port, rate, args.seconds, body)
         offered_end = time.time() - start
         deadline = time.monotonic() + args.drain_timeout
         accepted = sum(1 for a in answers if a.status == 202)
