@@ -183,12 +183,12 @@ async def test_a_stray_cancellation_while_beginning_or_storing_loses_no_task(
     original = getattr(app.broker.work, step)
     calls = 0
 
-    async def stray_first(batch: list[Any]) -> Any:
+    async def stray_first(batch: list[Any], *args: Any) -> Any:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise asyncio.CancelledError
-        return await original(batch)
+        return await original(batch, *args)
 
     monkeypatch.setattr(app.broker.work, step, stray_first)
     await drain(app)

@@ -379,7 +379,7 @@ class Worker:
             # tasks add no entry for a blocked read to wake on: docs/architecture.md#callers).
             idle = not deliveries and plan.limits is None and not idle
             if deliveries:
-                await self._start(deliveries)
+                await self._start(deliveries, fresh=True)
                 if 1 < len(deliveries) < count and linger:
                     # Under load (more than one task, less than a batch), a read at most every
                     # `read_linger`: what arrives meanwhile is read, begun and (mostly) stored
@@ -510,7 +510,9 @@ class Worker:
         except BrokerUnavailable:
             return False
 
-    async def _start(self, deliveries: list[Delivery]) -> None:
+    async def _start(self, deliveries: list[Delivery], fresh: bool = False) -> None:
+        """Begin `deliveries` (`fresh`: just read as new, see `WorkerOps.begin`) and run each
+        that begins."""
         if self._stopping.is_set():
             with contextlib.suppress(SpillwayError):
                 await self.app.broker.work.release(self.name, deliveries)
@@ -520,7 +522,7 @@ class Worker:
         task = asyncio.current_task()
         while True:
             try:
-                started = await self.app.broker.work.begin(deliveries)
+                started = await self.app.broker.work.begin(deliveries, fresh)
                 break
             except BrokerUnavailable as exc:
                 if self._stopping.is_set():

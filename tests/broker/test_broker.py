@@ -32,6 +32,29 @@ async def test_finish_writes_one_outcome_for_a_duplicate_delivery(app: Spillway)
     assert (await app.stats()).counts == {"once": {"succeeded": 1}}
 
 
+async def test_a_fresh_begin_counts_one_delivery_and_skips_what_ended_since_the_read(
+    app: Spillway,
+) -> None:
+    # begin.lua trusts a fresh read (delivered once, just now) instead of asking the PEL: the
+    # attempt is 1, and an entry that ended between the read and the begin (here cancelled:
+    # acknowledged and its record terminal) is skipped by its record, not run.
+    @app.task
+    async def once(item: Item) -> int:
+        return item.n
+
+    kept, cancelled = [await app.enqueue("once", {"n": n}) for n in range(2)]
+    deliveries = await read_everything(app, "a")
+    assert await app.cancel(cancelled) is not None
+    started = await app.broker.work.begin(deliveries, fresh=True)
+    by_id = {d.task_id: s for d, s in zip(deliveries, started, strict=True)}
+    first = by_id[kept]
+    assert first is not None
+    assert first.attempts == 1
+    assert by_id[cancelled] is None
+    assert (await app.get(kept)).attempts == 1
+    assert (await app.get(cancelled)).status.value == "cancelled"
+
+
 async def test_one_finish_batch_writes_each_outcome_of_every_stream_and_skips_the_stale(
     settings: Settings, redis: aioredis.Redis
 ) -> None:

@@ -155,8 +155,14 @@ class WorkerOps:
                 await self.dead_letter_malformed(queue, shard, entry_id, fields)
         return next_cursor, out
 
-    async def begin(self, deliveries: Sequence[Delivery]) -> list[Started | None]:
-        """Mark deliveries running and count their attempts; None for skipped or dead-lettered."""
+    async def begin(
+        self, deliveries: Sequence[Delivery], fresh: bool = False
+    ) -> list[Started | None]:
+        """Mark deliveries running and count their attempts; None for skipped or dead-lettered.
+
+        `fresh`: every delivery was just read as new (`read`, `read_in_order`), so each was
+        delivered once and its count need not be read from the PEL; not for `reclaim`'s.
+        """
         by_stream: dict[tuple[str, int], list[int]] = {}
         for i, d in enumerate(deliveries):
             by_stream.setdefault((d.queue, d.shard), []).append(i)
@@ -168,6 +174,7 @@ class WorkerOps:
                 keys += [shard.dead_index(queue), shard.callbacks, shard.feed]
                 keys += [shard.task(deliveries[i].task_id) for i in idx]
                 args: list[Any] = [GROUP, self.core.result_ttl_ms, shard.channel_prefix]
+                args.append("1" if fresh else "")
                 args += [deliveries[i].entry_id for i in idx]
                 self.core.scripts.queue(pipe, "begin", keys, args)
 

@@ -4,7 +4,10 @@
 -- KEYS[5] the shard's due callbacks (zset): a task ended here with a 'callback' joins it
 -- KEYS[6] the shard's feed (feed.lua)   KEYS[7..] the task record of each delivery
 -- ARGV[1] group   ARGV[2] result TTL (ms)   ARGV[3] completion channel prefix
--- ARGV[4..] the stream entry id of each delivery, in the order of KEYS[7..]
+-- ARGV[4] '1' when every delivery is fresh (read with XREADGROUP '>': delivered once, to this
+--   consumer, just now), so its delivery count is 1 and the PEL is not asked (an XPENDING per
+--   task was a tenth of this script's commands); '' for reclaimed ones, whose count is read
+-- ARGV[5..] the stream entry id of each delivery, in the order of KEYS[7..]
 -- A start is published only for a record marked 'watched' (watch.lua): nobody else listens.
 -- A record's fields may be missing (anyone can write to Redis): each is read with a default,
 -- since a Lua error here would fail the whole batch.
@@ -23,13 +26,17 @@
 --             after a worker died mid-run) has 'started_at' and runs on: expiry is about work
 --             nobody began.
 local stream, dead, counters, index, group = KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1]
+local fresh = ARGV[4] == '1'
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- Formatted once as an integer: a Lua number passed to redis.call is formatted with '%.14g',
+-- a float conversion that was 3 % of Redis's CPU when done for each task.
+local now_text = string.format('%d', now)
 local out = {}
 local callbacks = KEYS[5]
 feed_open(KEYS[6])
 for i = 7, #KEYS do
-  local record, entry = KEYS[i], ARGV[i - 3]
+  local record, entry = KEYS[i], ARGV[i - 2]
   -- pcall: a key of another type under a task's name is read as no record at all.
   local r = redis.pcall('HMGET', record, 'status', 'entry', 'type', 'payload', 'policy',
     'prior_attempts', 'id', 'created_at', 'queue', 'expires_at', 'cancel_requested_at',
@@ -38,14 +45,17 @@ for i = 7, #KEYS do
     r = {}
   end
   local status = r[1]
-  local pending = redis.call('XPENDING', stream, group, entry, entry, 1)
+  -- A fresh delivery is pending (delivered once) unless something acknowledged it since: every
+  -- path that does also ends or re-points its record, which the checks below read.
+  local pending = fresh and {{entry, '', 0, 1}}
+    or redis.call('XPENDING', stream, group, entry, entry, 1)
   local id, task_type = r[7] or '', r[3] or ''
   local payload, queue, created_at = r[4] or '', r[9] or '', r[8] or ''
   if not status and #pending > 0 then
     -- An entry naming no task Spillway wrote: dead-letter it unrun, once.
     redis.call('XADD', dead, '*', 'id', '', 'type', '', 'queue', '', 'payload', '{}',
       'error', 'Malformed: the entry names no known task', 'traceback', '', 'attempts', 1,
-      'failed_at', now)
+      'failed_at', now_text)
     redis.call('XACK', stream, group, entry)
     redis.call('XDEL', stream, entry)
     out[#out + 1] = {'dead'}
@@ -55,7 +65,7 @@ for i = 7, #KEYS do
     redis.call('XDEL', stream, entry)
     out[#out + 1] = {'skip'}
   elseif r[11] then
-    redis.call('HSET', record, 'status', 'cancelled', 'finished_at', now, 'entry', '')
+    redis.call('HSET', record, 'status', 'cancelled', 'finished_at', now_text, 'entry', '')
     redis.call('PEXPIRE', record, ARGV[2])
     redis.call('XACK', stream, group, entry)
     redis.call('XDEL', stream, entry)
@@ -63,12 +73,12 @@ for i = 7, #KEYS do
     redis.call('HINCRBY', counters, task_type .. '|cancelled', 1)
     feed(id, queue, task_type, 'cancelled', tonumber(r[6]) or 0)
     if r[14] then
-      redis.call('ZADD', callbacks, now, id)
+      redis.call('ZADD', callbacks, now_text, id)
     end
     out[#out + 1] = {'cancelled'}
   elseif r[10] and now >= (tonumber(r[10]) or math.huge)
       and redis.call('HEXISTS', record, 'started_at') == 0 then
-    redis.call('HSET', record, 'status', 'expired', 'finished_at', now, 'entry', '')
+    redis.call('HSET', record, 'status', 'expired', 'finished_at', now_text, 'entry', '')
     redis.call('PEXPIRE', record, ARGV[2])
     redis.call('XACK', stream, group, entry)
     redis.call('XDEL', stream, entry)
@@ -76,7 +86,7 @@ for i = 7, #KEYS do
     redis.call('HINCRBY', counters, task_type .. '|expired', 1)
     feed(id, queue, task_type, 'expired', 0)
     if r[14] then
-      redis.call('ZADD', callbacks, now, id)
+      redis.call('ZADD', callbacks, now_text, id)
     end
     out[#out + 1] = {'expired'}
   else
@@ -88,12 +98,12 @@ for i = 7, #KEYS do
         limit .. ' attempts'
       local letter = redis.call('XADD', dead, '*', 'id', id, 'type', task_type, 'queue', queue,
         'payload', payload, 'error', err, 'traceback', '', 'attempts', limit, 'policy', policy,
-        'created_at', created_at, 'failed_at', now)
+        'created_at', created_at, 'failed_at', now_text)
       if id ~= '' then
         redis.call('HSET', index, id, letter)
       end
       redis.call('HSET', record, 'status', 'dead', 'attempts', limit, 'error', err,
-        'finished_at', now, 'entry', '', 'dead_letter', letter)
+        'finished_at', now_text, 'entry', '', 'dead_letter', letter)
       redis.call('PEXPIRE', record, ARGV[2])
       redis.call('XACK', stream, group, entry)
       redis.call('XDEL', stream, entry)
@@ -101,11 +111,12 @@ for i = 7, #KEYS do
       redis.call('HINCRBY', counters, task_type .. '|dead', 1)
       feed(id, queue, task_type, 'dead', limit)
       if r[14] then
-        redis.call('ZADD', callbacks, now, id)
+        redis.call('ZADD', callbacks, now_text, id)
       end
       out[#out + 1] = {'dead'}
     else
-      redis.call('HSET', record, 'status', 'running', 'attempts', attempts, 'started_at', now)
+      redis.call('HSET', record, 'status', 'running', 'attempts', string.format('%d', attempts),
+        'started_at', now_text)
       if r[12] then  -- someone follows its events (GET /tasks/{id}/events): tell them
         redis.call('PUBLISH', ARGV[3] .. id, 'running')
       end

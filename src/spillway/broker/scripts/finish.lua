@@ -18,6 +18,8 @@ local stream, due_set, dead, counters = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local index, callbacks, group, ttl = KEYS[5], KEYS[6], ARGV[1], ARGV[2]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- Formatted once (begin.lua says why): redis.call formats a Lua number with '%.14g'.
+local now_text = string.format('%d', now)
 feed_open(KEYS[7])
 local out = {}
 local acked = {}
@@ -49,13 +51,13 @@ for i = 8, #KEYS do
     end
     counts[counter] = (counts[counter] or 0) + 1
     if outcome == 'succeeded' then
-      redis.call('HSET', record, 'status', 'succeeded', 'result', value, 'finished_at', now,
+      redis.call('HSET', record, 'status', 'succeeded', 'result', value, 'finished_at', now_text,
         'entry', '')
       redis.call('PEXPIRE', record, ttl)
       redis.call('PUBLISH', channel, 'succeeded')
     elseif outcome == 'cancelled' then
       -- No result is kept: the caller asked for the work not to be done.
-      redis.call('HSET', record, 'status', 'cancelled', 'finished_at', now, 'entry', '')
+      redis.call('HSET', record, 'status', 'cancelled', 'finished_at', now_text, 'entry', '')
       redis.call('PEXPIRE', record, ttl)
       redis.call('PUBLISH', channel, 'cancelled')
     elseif outcome == 'retry' then
@@ -71,17 +73,17 @@ for i = 8, #KEYS do
       -- The dead letter keeps the policy whole, so a replay runs under the same one.
       local letter = redis.call('XADD', dead, '*', 'id', id, 'type', f[1] or '',
         'queue', f[2] or '', 'payload', f[3] or '', 'error', value, 'traceback', tb,
-        'attempts', attempts, 'policy', f[4] or '', 'created_at', f[5] or '', 'failed_at', now)
+        'attempts', attempts, 'policy', f[4] or '', 'created_at', f[5] or '', 'failed_at', now_text)
       redis.call('HSET', index, id, letter)
       -- The record points at its dead letter, so a replay by task id needs no search.
       redis.call('HSET', record, 'status', 'dead', 'error', value, 'traceback', tb,
-        'finished_at', now, 'entry', '', 'dead_letter', letter)
+        'finished_at', now_text, 'entry', '', 'dead_letter', letter)
       redis.call('PEXPIRE', record, ttl)
       redis.call('PUBLISH', channel, 'dead')
     end
     feed(id, r[7] or '', task_type, outcome == 'retry' and 'failed' or outcome, attempts)
     if r[6] and outcome ~= 'retry' then  -- its completion webhook (spillway.deliverer)
-      redis.call('ZADD', callbacks, now, id)
+      redis.call('ZADD', callbacks, now_text, id)
     end
     out[#out + 1] = 1
   end
