@@ -34,7 +34,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -65,11 +65,13 @@ __all__ = [
     "histograms",
     "private_multiproc_dir",
     "render",
+    "run_ended",
+    "run_started",
     "serve",
     "task_accepted",
     "task_finished",
     "task_refused",
-    "timed_run",
+    "tasks_started",
     "totals",
     "use_fast_path",
 ]
@@ -209,26 +211,35 @@ def accept_answered(route: str, status: int, body: bytes, seconds: float) -> Non
         task_refused(body[start:end].decode("ascii", "replace") if end >= 0 else "unknown")
 
 
-async def timed_run(task_type: str, attempt: int, created_at_ms: int, run: Awaitable[None]) -> None:
-    """Run one task (the worker's coroutine), counting its start, queue wait and run time."""
+def tasks_started(task_type: str, count: int) -> None:
+    """`count` runs of `task_type` began (counted once per batch the worker began)."""
     m = _metrics()
-    m.child(m.started, "started", task_type).inc()
+    m.child(m.started, "started", task_type).inc(count)
+
+
+def run_started(task_type: str, attempt: int, created_at_ms: int) -> float:
+    """A run begins: observe a first attempt's queue wait; the time to pass to `run_ended`."""
     if attempt == 1 and created_at_ms:
+        m = _metrics()
         waited = max(0.0, time.time() - created_at_ms / 1000)
         m.child(m.wait_seconds, "wait", task_type).observe(waited)
-    started = time.perf_counter()
-    await run
+    return time.perf_counter()
+
+
+def run_ended(task_type: str, started: float) -> None:
+    """A run that began at `started` (`run_started`) has its outcome: observe its run time."""
+    m = _metrics()
     m.child(m.run_seconds, "run", task_type).observe(time.perf_counter() - started)
 
 
-def task_finished(task_type: str, kind: str) -> None:
-    """A run's outcome was stored: `kind` is succeeded, retry, dead or cancelled."""
+def task_finished(task_type: str, kind: str, count: int = 1) -> None:
+    """`count` runs' outcomes were stored: `kind` is succeeded, retry, dead or cancelled."""
     m = _metrics()
     counter = m.outcomes.get(kind)
     if counter is not None:
-        m.child(counter, kind, task_type).inc()
+        m.child(counter, kind, task_type).inc(count)
     if kind in ("retry", "dead"):
-        m.child(m.failed, "failed", task_type).inc()
+        m.child(m.failed, "failed", task_type).inc(count)
 
 
 def callback_delivered(outcome: str) -> None:

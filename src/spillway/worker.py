@@ -26,6 +26,7 @@ import secrets
 import signal
 import socket
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -538,16 +539,20 @@ class Worker:
             await self._sleep(0.2)
         skipped = [d for d, s in zip(deliveries, started, strict=True) if s is None]
         await self._free_slots(skipped)
+        by_type: Counter[str] = Counter()
         for d, s in zip(deliveries, started, strict=True):
             if s is None:
                 self._release_slot(d)
             else:
+                by_type[s.type] += 1
                 cancel = self._signals[d] = CancelSignal()
-                coro = self._run(s, cancel)
-                timed = metrics.timed_run(s.type, s.attempts, s.created_at_ms, coro)
                 # The loop's own create_task: asyncio's asks for the loop (spillway.loops).
-                run = self._loop.create_task(timed, name=f"spillway-task-{d.task_id}")
+                run = self._loop.create_task(
+                    self._run(s, cancel), name=f"spillway-task-{d.task_id}"
+                )
                 self._inflight[d] = run
+        for task_type, count in by_type.items():  # counted per batch, not per run
+            metrics.tasks_started(task_type, count)
 
     def _release_slot(self, d: Delivery) -> None:
         self._inflight.pop(d, None)
@@ -555,6 +560,7 @@ class Worker:
         self._slot_freed.set()
 
     async def _run(self, s: Started, cancel: CancelSignal) -> None:
+        started = metrics.run_started(s.type, s.attempts, s.created_at_ms)
         task = self.app.tasks.get(s.type)
         run = execute(task, s, self._executor, cancel, self._loop)
         tracing = self.app.tracing
@@ -567,6 +573,7 @@ class Worker:
                 "task %s (%s): its run ended without an outcome", s.delivery.task_id, s.type
             )
             outcome = unexpected(s, task, exc)
+        metrics.run_ended(s.type, started)
         self._outcomes.put_nowait(outcome)
 
     # --- finishing ---------------------------------------------------------------------------
@@ -595,9 +602,10 @@ class Worker:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
             await self._free_slots([o.delivery for o in batch])
+            for (task_type, kind), count in Counter((o.type, o.kind) for o in batch).items():
+                metrics.task_finished(task_type, kind, count)  # per batch, not per run
+            self.processed += len(batch)
             for o in batch:
-                metrics.task_finished(o.type, o.kind)
-                self.processed += 1
                 self._release_slot(o.delivery)
                 self._outcomes.task_done()
 
