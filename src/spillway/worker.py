@@ -352,19 +352,22 @@ class Worker:
             reserved = 1 if idle else count
             self._reserved += reserved
             read_at = loop.time()
+            taken: list[tuple[Delivery, Started | None]] | None = None
             try:
                 if plan.task_type is not None and plan.limits is not None:
-                    limited = await self._read_limited(
+                    taken = await self._read_limited(
                         lanes, plan.task_type, plan.limits, count, reads
                     )
-                    if limited is None:
+                    if taken is None:
                         continue  # no slot free: it waited for one, now it asks again
-                    deliveries = limited
+                    deliveries = [d for d, _ in taken]
                 elif idle:
                     deliveries = await broker.work.read(self.name, waiting_on, 1, block_ms)
                 else:
+                    # Read and begun in one round trip (take.lua).
                     ordered = dict(list(lanes.items())[i] for i in _ORDERS[reads % 10])
-                    deliveries = await broker.work.read_in_order(self.name, ordered, count)
+                    taken = await broker.work.take(self.name, ordered, count)
+                    deliveries = [d for d, _ in taken]
                 reads += 1
                 backoff = 0.1
             except BrokerUnavailable as exc:
@@ -380,11 +383,14 @@ class Worker:
             # tasks add no entry for a blocked read to wake on: docs/architecture.md#callers).
             idle = not deliveries and plan.limits is None and not idle
             if deliveries:
-                await self._start(deliveries, fresh=True)
+                if taken is not None:
+                    await self._started(taken)
+                else:
+                    await self._start(deliveries, fresh=True)
                 if 1 < len(deliveries) < count and linger:
                     # Under load (more than one task, less than a batch), a read at most every
-                    # `read_linger`: what arrives meanwhile is read, begun and (mostly) stored
-                    # in one round trip each, not one per few tasks (docs/benchmarks.md, "CPU
+                    # `read_linger`: what arrives meanwhile is read and begun in one round trip
+                    # and (mostly) stored in one, not one per few tasks (docs/benchmarks.md, "CPU
                     # budget per task"). A lone task (a quiet spell, a chain of tasks each
                     # enqueuing the next) is read at once.
                     wait = read_at + linger - loop.time()
@@ -440,10 +446,10 @@ class Worker:
         type_limits: TypeLimits,
         count: int,
         reads: int,
-    ) -> list[Delivery] | None:
+    ) -> list[tuple[Delivery, Started | None]] | None:
         """Read a limited type's lanes: take up to `count` slots and start tokens across every
-        worker first, read at most that many entries, give back what the read did not use;
-        None when no slot was free (after waiting for one a while).
+        worker first, take (read and begin) at most that many entries, give back what the read
+        did not use; None when no slot was free (after waiting for one a while).
 
         When every slot is held (or the rate allows no start yet) nothing is read: the tasks
         wait in their stream, in order, neither attempted nor in anyone's way, until a slot
@@ -459,18 +465,18 @@ class Worker:
             return None
         ordered = dict(list(lanes.items())[i] for i in _ORDERS[reads % 10])
         try:
-            deliveries = await self.app.broker.work.read_in_order(self.name, ordered, grant.count)
+            taken = await self.app.broker.work.take(self.name, ordered, grant.count)
         except BaseException:
             with contextlib.suppress(SpillwayError):
                 await limits.give(task_type, type_limits, grant.tokens, grant.count)
             raise
-        for d, token in zip(deliveries, grant.tokens, strict=False):
+        for (d, _), token in zip(taken, grant.tokens, strict=False):
             self._slots[d] = (task_type, token)
-        unused = grant.count - len(deliveries)
+        unused = grant.count - len(taken)
         if unused:
             with contextlib.suppress(SpillwayError):
-                await limits.give(task_type, type_limits, grant.tokens[len(deliveries) :], unused)
-        return deliveries
+                await limits.give(task_type, type_limits, grant.tokens[len(taken) :], unused)
+        return taken
 
     async def _wait_for_slot(self, task_type: str, seconds: float) -> None:
         """Wait until this worker frees a slot of `task_type`, it stops, or `seconds` pass."""
@@ -537,6 +543,23 @@ class Worker:
                     raise
                 log.warning("begin: a stray cancellation; retrying")
             await self._sleep(0.2)
+        await self._launch(deliveries, started)
+
+    async def _started(self, taken: list[tuple[Delivery, Started | None]]) -> None:
+        """Run what a take read and began (`WorkerOps.take`); at shutdown, hand it back."""
+        deliveries = [d for d, _ in taken]
+        if self._stopping.is_set():
+            # Begun but not run: reclaimable at once, like a delivery read but not begun.
+            with contextlib.suppress(SpillwayError):
+                await self.app.broker.work.release(self.name, deliveries)
+            await self._free_slots(deliveries)
+            return
+        for d in deliveries:
+            self._inflight[d] = None
+        await self._launch(deliveries, [s for _, s in taken])
+
+    async def _launch(self, deliveries: list[Delivery], started: list[Started | None]) -> None:
+        """Run each begun delivery (held in `_inflight`); free the slots of the others."""
         skipped = [d for d, s in zip(deliveries, started, strict=True) if s is None]
         await self._free_slots(skipped)
         by_type: Counter[str] = Counter()

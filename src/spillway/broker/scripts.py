@@ -16,12 +16,14 @@ __all__ = ["Scripts"]
 
 NAMES = (
     "accept", "begin", "finish", "due", "promote", "cancel", "replay", "renew", "release", "lease",
-    "read", "paused", "schedule", "watch", "callback_claim", "callback_settle", "feed_keep",
+    "take", "paused", "schedule", "watch", "callback_claim", "callback_settle", "feed_keep",
 )  # fmt: skip
 
 # The scripts that change a task's status: each starts with feed.lua's two functions, which
 # append the change to the shard's feed while an admin follows it (spillway.feed).
-FEEDING = frozenset({"accept", "begin", "finish", "cancel", "replay"})
+FEEDING = frozenset({"accept", "begin", "take", "finish", "cancel", "replay"})
+# The scripts that start deliveries: start.lua's functions follow feed.lua's.
+STARTING = frozenset({"begin", "take"})
 
 # Scripts that move work along or free memory. Over `maxmemory` (noeviction) Redis refuses any
 # script's first write unless it is flagged allow-oom, and then nothing could ever finish and
@@ -29,6 +31,7 @@ FEEDING = frozenset({"accept", "begin", "finish", "cancel", "replay"})
 ALLOW_OOM = frozenset(
     {
         "begin",
+        "take",
         "finish",
         "promote",
         "cancel",
@@ -47,9 +50,11 @@ class Scripts:
 
     def __init__(self) -> None:
         folder = files("spillway.broker").joinpath("scripts")
-        prelude = folder.joinpath("feed.lua").read_text()
+        feed, start = (folder.joinpath(f"{n}.lua").read_text() for n in ("feed", "start"))
         self._plain = {
-            n: (prelude if n in FEEDING else "") + folder.joinpath(f"{n}.lua").read_text()
+            n: (feed if n in FEEDING else "")
+            + (start if n in STARTING else "")
+            + folder.joinpath(f"{n}.lua").read_text()
             for n in NAMES
         }
         self.use_flags(False)

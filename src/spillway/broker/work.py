@@ -1,9 +1,10 @@
 """`WorkerOps`: what a worker process asks of Redis, from reading deliveries to storing outcomes.
 
-Read new entries (`read`) or reclaim a dead worker's (`reclaim`), turn them into runs
-(`begin`, `begin.lua`), store each outcome once (`finish`, `finish.lua`), keep or hand back
-claims (`renew`, `release`), move due tasks into their streams (`promote_due`), and announce
-the worker (`heartbeat`).
+Take new entries and begin them in one call under load (`take`, `take.lua`), or read them with
+a blocking wait (`read`) or reclaim a dead worker's (`reclaim`) and then begin them (`begin`,
+`begin.lua`; both scripts decide each delivery by `start.lua`), store each outcome once
+(`finish`, `finish.lua`), keep or hand back claims (`renew`, `release`), move due tasks into
+their streams (`promote_due`), and announce the worker (`heartbeat`).
 """
 
 from __future__ import annotations
@@ -74,27 +75,40 @@ class WorkerOps:
             raise
         return await self._deliveries(streams, stream_items(reply))
 
-    async def read_in_order(
+    async def take(
         self, consumer: str, streams: dict[str, tuple[str, int]], count: int
-    ) -> list[Delivery]:
-        """Up to `count` new entries of one shard's lanes, taken in the order of `streams`
-        (``read.lua``), starting the lanes' held tasks when their streams run short; never
-        waits."""
+    ) -> list[tuple[Delivery, Started | None]]:
+        """Up to `count` new entries of one shard's lanes, taken in the order of `streams` and
+        begun in the same call (``take.lua``): each delivery with its run, or None where
+        `begin` would have given None. Starts the lanes' held tasks when their streams run
+        short; never waits."""
         lanes = list(streams.values())
         shard = self.core.keys.shard(lanes[0][1])
-        keys = [*streams, *(shard.held(q) for q, _ in lanes), *(shard.rounds(q) for q, _ in lanes)]
+        keys = [*streams]
+        for lane_keys in (shard.held, shard.rounds, shard.dead, shard.dead_index):
+            keys += [lane_keys(q) for q, _ in lanes]
+        keys += [shard.counters, shard.callbacks, shard.feed]
+        args: list[Any] = [GROUP, consumer, count, shard.task("")]
+        args += [self.core.result_ttl_ms, shard.channel_prefix]
         try:
-            reply = await self.core.script("read", keys, [GROUP, consumer, count, shard.task("")])
+            reply = await self.core.script("take", keys, args)
         except ResponseError as exc:
             if "NOGROUP" in str(exc):
                 await self.core.register_queues(sorted({q for q, _ in streams.values()}))
                 return []
             raise
-        items = [
-            (str(stream), [(str(entry[0]), _pairs(entry[1])) for entry in entries])
-            for stream, entries in reply or ()
-        ]
-        return await self._deliveries(streams, items)
+        deliveries: list[Delivery] = []
+        items: list[Any] = []
+        # What Redis answers is not trusted: entries of another shape are not started.
+        for stream, entries in reply or ():
+            queue, k = streams[str(stream)]
+            for entry_id, task_id, item in entries:
+                if task_id is None:
+                    await self.dead_letter_malformed(queue, k, str(entry_id), _pairs(item))
+                    continue
+                deliveries.append(Delivery(queue, k, str(entry_id), str(task_id)))
+                items.append(item)
+        return list(zip(deliveries, await self._runs(deliveries, items), strict=True))
 
     async def _deliveries(
         self,
@@ -160,8 +174,9 @@ class WorkerOps:
     ) -> list[Started | None]:
         """Mark deliveries running and count their attempts; None for skipped or dead-lettered.
 
-        `fresh`: every delivery was just read as new (`read`, `read_in_order`), so each was
-        delivered once and its count need not be read from the PEL; not for `reclaim`'s.
+        `fresh`: every delivery was just read as new (`read`), so each was delivered once and
+        its count need not be read from the PEL; not for `reclaim`'s. (`take` reads and
+        begins in one call.)
         """
         by_stream: dict[tuple[str, int], list[int]] = {}
         for i, d in enumerate(deliveries):
@@ -179,28 +194,36 @@ class WorkerOps:
                 self.core.scripts.queue(pipe, "begin", keys, args)
 
         replies = await self.core.pipeline(build)
+        items: list[Any] = [None] * len(deliveries)
+        for idx, reply in zip(by_stream.values(), replies, strict=True):
+            for i, item in zip(idx, reply, strict=True):
+                items[i] = item
+        return await self._runs(deliveries, items)
+
+    async def _runs(
+        self, deliveries: Sequence[Delivery], items: Sequence[Any]
+    ) -> list[Started | None]:
+        """The run of each delivery from start.lua's item for it (None: not to run); a record
+        whose policy cannot be read is dead-lettered (start.lua marked it running)."""
         out: list[Started | None] = [None] * len(deliveries)
         unreadable: list[Outcome] = []
-        for idx, items in zip(by_stream.values(), replies, strict=True):
-            for i, item in zip(idx, items, strict=True):
-                if item[0] != "run":
-                    continue
-                d, task_type, attempts = deliveries[i], str(item[1]), int(item[3])
-                try:
-                    policy = RetryPolicy.decode(str(item[4]))
-                except ValueError:
-                    # A record Spillway did not write: its run would have no timeout or retry
-                    # budget, so it is dead-lettered unrun (begin marked it running: finish may
-                    # write it).
-                    log.warning("task %s: its record's policy is malformed; dead-lettered unrun",
-                                d.task_id)  # fmt: skip
-                    error = "PolicyInvalid: the record's policy is not max_retries|timeout|base|cap"
-                    unreadable.append(Outcome(d, task_type, "dead", error, attempts=attempts))
-                    continue
-                trace = str(item[6]) if len(item) > 6 else ""  # traced only
-                out[i] = Started(
-                    d, task_type, str(item[2]), attempts, policy, as_int(item[5]), trace
-                )
+        for i, item in enumerate(items):
+            if not isinstance(item, list) or not item or item[0] != "run":
+                continue
+            d, task_type, attempts = deliveries[i], str(item[1]), int(item[3])
+            try:
+                policy = RetryPolicy.decode(str(item[4]))
+            except ValueError:
+                # A record Spillway did not write: its run would have no timeout or retry
+                # budget, so it is dead-lettered unrun (start.lua marked it running: finish
+                # may write it).
+                log.warning("task %s: its record's policy is malformed; dead-lettered unrun",
+                            d.task_id)  # fmt: skip
+                error = "PolicyInvalid: the record's policy is not max_retries|timeout|base|cap"
+                unreadable.append(Outcome(d, task_type, "dead", error, attempts=attempts))
+                continue
+            trace = str(item[6]) if len(item) > 6 else ""  # traced only
+            out[i] = Started(d, task_type, str(item[2]), attempts, policy, as_int(item[5]), trace)
         if unreadable:
             await self.finish(unreadable)
         return out

@@ -22,7 +22,7 @@
 -- the consumer group, and two more keys, the lane's held set and rounds. A caller's task is
 -- held (not appended to the stream) unless the lane is idle: nothing held and no entry waiting
 -- for a reader. Held task k of a caller gets the round after its caller's last (or the lane's
--- current round, if later); workers start held tasks lowest round first (read.lua), so callers
+-- current round, if later); workers start held tasks lowest round first (take.lua), so callers
 -- take turns. Its waiting tasks are its last round minus the lane's current one; at its quota
 -- the reply is 'quota|<waiting>'.
 -- What the queue's tasks share (its keys and name) comes once per batch, not once per task:

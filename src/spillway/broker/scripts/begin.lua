@@ -1,132 +1,21 @@
--- begin: turn a batch of deliveries of one shard into runs, counting attempts from the PEL.
+-- begin: turn a batch of deliveries of one shard's stream into runs, counting attempts from the
+-- PEL (start.lua decides each: what it returns is this script's reply, one item per delivery).
 -- KEYS[1] shard stream   KEYS[2] dead-letter stream   KEYS[3] the shard's outcome counters
 -- KEYS[4] the dead-letter index (hash: task id -> dead-letter entry id)
 -- KEYS[5] the shard's due callbacks (zset): a task ended here with a 'callback' joins it
 -- KEYS[6] the shard's feed (feed.lua)   KEYS[7..] the task record of each delivery
 -- ARGV[1] group   ARGV[2] result TTL (ms)   ARGV[3] completion channel prefix
 -- ARGV[4] '1' when every delivery is fresh (read with XREADGROUP '>': delivered once, to this
---   consumer, just now), so its delivery count is 1 and the PEL is not asked (an XPENDING per
---   task was a tenth of this script's commands); '' for reclaimed ones, whose count is read
+--   consumer, just now), so its delivery count is 1 and the PEL is not asked; '' for
+--   reclaimed ones, whose count is read
 -- ARGV[5..] the stream entry id of each delivery, in the order of KEYS[7..]
--- A start is published only for a record marked 'watched' (watch.lua): nobody else listens.
--- A record's fields may be missing (anyone can write to Redis): each is read with a default,
--- since a Lua error here would fail the whole batch.
--- Returns one item per delivery:
---   {'run', type, payload, attempts, policy, created_at[, trace]}; the policy as the record
---   holds it, 'max_retries|timeout|retry_base|retry_cap' (spillway.retry.RetryPolicy); the
---   trace (a W3C traceparent, spillway.tracing) only when the record has one
---   {'skip'}  the entry is stale (task terminal, cancelled, missing or already acknowledged)
---   {'dead'}  deliveries exceeded the attempt limit (the process running it kept dying), or the
---             entry names no task record (malformed): moved to the dead-letter stream unrun
---   {'cancelled'}  a running task whose cancellation was requested (cancel.lua), delivered again
---             because its worker died or shut down before it stopped the run: ended
---             'cancelled', unrun (counted and published like an outcome)
---   {'expired'}  never started and past its 'expires_at': ended 'expired', unrun (counted and
---             published like an outcome). A task that started once (a retry, a redelivery
---             after a worker died mid-run) has 'started_at' and runs on: expiry is about work
---             nobody began.
-local stream, dead, counters, index, group = KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1]
-local fresh = ARGV[4] == '1'
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
--- Formatted once as an integer: a Lua number passed to redis.call is formatted with '%.14g',
--- a float conversion that was 3 % of Redis's CPU when done for each task.
-local now_text = string.format('%d', now)
-local out = {}
-local callbacks = KEYS[5]
+-- The worker's reads under load use take.lua, which reads and starts in one call; this one
+-- starts what a blocking read or a reclaim (XAUTOCLAIM) delivered.
+local stream, dead, index, fresh = KEYS[1], KEYS[2], KEYS[4], ARGV[4] == '1'
+start_open(KEYS[3], KEYS[5], ARGV[1], ARGV[2], ARGV[3])
 feed_open(KEYS[6])
+local out = {}
 for i = 7, #KEYS do
-  local record, entry = KEYS[i], ARGV[i - 2]
-  -- pcall: a key of another type under a task's name is read as no record at all.
-  local r = redis.pcall('HMGET', record, 'status', 'entry', 'type', 'payload', 'policy',
-    'prior_attempts', 'id', 'created_at', 'queue', 'expires_at', 'cancel_requested_at',
-    'watched', 'trace', 'callback')
-  if r['err'] then
-    r = {}
-  end
-  local status = r[1]
-  -- A fresh delivery is pending (delivered once) unless something acknowledged it since: every
-  -- path that does also ends or re-points its record, which the checks below read.
-  local pending = fresh and {{entry, '', 0, 1}}
-    or redis.call('XPENDING', stream, group, entry, entry, 1)
-  local id, task_type = r[7] or '', r[3] or ''
-  local payload, queue, created_at = r[4] or '', r[9] or '', r[8] or ''
-  if not status and #pending > 0 then
-    -- An entry naming no task Spillway wrote: dead-letter it unrun, once.
-    redis.call('XADD', dead, '*', 'id', '', 'type', '', 'queue', '', 'payload', '{}',
-      'error', 'Malformed: the entry names no known task', 'traceback', '', 'attempts', 1,
-      'failed_at', now_text)
-    redis.call('XACK', stream, group, entry)
-    redis.call('XDEL', stream, entry)
-    out[#out + 1] = {'dead'}
-  elseif (not status) or r[2] ~= entry or #pending == 0
-      or (status ~= 'queued' and status ~= 'running') then
-    redis.call('XACK', stream, group, entry)
-    redis.call('XDEL', stream, entry)
-    out[#out + 1] = {'skip'}
-  elseif r[11] then
-    redis.call('HSET', record, 'status', 'cancelled', 'finished_at', now_text, 'entry', '')
-    redis.call('PEXPIRE', record, ARGV[2])
-    redis.call('XACK', stream, group, entry)
-    redis.call('XDEL', stream, entry)
-    redis.call('PUBLISH', ARGV[3] .. id, 'cancelled')
-    redis.call('HINCRBY', counters, task_type .. '|cancelled', 1)
-    feed(id, queue, task_type, 'cancelled', tonumber(r[6]) or 0)
-    if r[14] then
-      redis.call('ZADD', callbacks, now_text, id)
-    end
-    out[#out + 1] = {'cancelled'}
-  elseif r[10] and now >= (tonumber(r[10]) or math.huge)
-      and redis.call('HEXISTS', record, 'started_at') == 0 then
-    redis.call('HSET', record, 'status', 'expired', 'finished_at', now_text, 'entry', '')
-    redis.call('PEXPIRE', record, ARGV[2])
-    redis.call('XACK', stream, group, entry)
-    redis.call('XDEL', stream, entry)
-    redis.call('PUBLISH', ARGV[3] .. id, 'expired')
-    redis.call('HINCRBY', counters, task_type .. '|expired', 1)
-    feed(id, queue, task_type, 'expired', 0)
-    if r[14] then
-      redis.call('ZADD', callbacks, now_text, id)
-    end
-    out[#out + 1] = {'expired'}
-  else
-    local attempts = (tonumber(r[6]) or 0) + tonumber(pending[1][4])  -- prior_attempts: 0 if unset
-    local policy = r[5] or ''
-    local limit = (tonumber(string.match(policy, '^(%d+)|')) or 0) + 1  -- max_retries + 1
-    if attempts > limit then
-      local err = 'WorkerLost: the process running this task died on each of its ' ..
-        limit .. ' attempts'
-      local letter = redis.call('XADD', dead, '*', 'id', id, 'type', task_type, 'queue', queue,
-        'payload', payload, 'error', err, 'traceback', '', 'attempts', limit, 'policy', policy,
-        'created_at', created_at, 'failed_at', now_text)
-      if id ~= '' then
-        redis.call('HSET', index, id, letter)
-      end
-      redis.call('HSET', record, 'status', 'dead', 'attempts', limit, 'error', err,
-        'finished_at', now_text, 'entry', '', 'dead_letter', letter)
-      redis.call('PEXPIRE', record, ARGV[2])
-      redis.call('XACK', stream, group, entry)
-      redis.call('XDEL', stream, entry)
-      redis.call('PUBLISH', ARGV[3] .. id, 'dead')
-      redis.call('HINCRBY', counters, task_type .. '|dead', 1)
-      feed(id, queue, task_type, 'dead', limit)
-      if r[14] then
-        redis.call('ZADD', callbacks, now_text, id)
-      end
-      out[#out + 1] = {'dead'}
-    else
-      redis.call('HSET', record, 'status', 'running', 'attempts', string.format('%d', attempts),
-        'started_at', now_text)
-      if r[12] then  -- someone follows its events (GET /tasks/{id}/events): tell them
-        redis.call('PUBLISH', ARGV[3] .. id, 'running')
-      end
-      feed(id, queue, task_type, 'running', attempts)
-      local item = {'run', task_type, payload, attempts, policy, created_at}
-      if r[13] then
-        item[7] = r[13]
-      end
-      out[#out + 1] = item
-    end
-  end
+  out[#out + 1] = start(stream, dead, index, KEYS[i], ARGV[i - 2], fresh)
 end
 return out
