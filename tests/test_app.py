@@ -232,6 +232,61 @@ async def test_cancelled_task_never_runs_and_a_running_one_is_stopped(
     assert (await app.stats()).counts["step"] == {"cancelled": 2}
 
 
+async def test_an_end_is_published_only_for_a_task_someone_waits_on(
+    app: Spillway, redis: aioredis.Redis
+) -> None:
+    # finish.lua publishes a run's end only when a waiter (wait.lua) or a watcher marked the
+    # record: a task nobody waits for costs no PUBLISH; a waited one wakes its waiter.
+    @app.task
+    async def quick(item: Item) -> int:
+        return item.n
+
+    pubsub = redis.pubsub()
+    await pubsub.psubscribe(f"{{{app.settings.prefix}:*}}:done:*")
+    alone, waited = await app.enqueue("quick", {"n": 1}), await app.enqueue("quick", {"n": 2})
+    assert await app.broker.admin.status_for_wait(waited) == ("queued", True)
+    await drain(app)
+    published = []
+    deadline = time.monotonic() + 1  # what was published is in by then
+    while time.monotonic() < deadline:
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+        if message is not None:
+            published.append((str(message["channel"]).rsplit(":", 1)[1], str(message["data"])))
+    await pubsub.aclose()  # type: ignore[no-untyped-call]
+    assert published == [(waited, "succeeded")]
+    assert (await app.get(alone)).status is TaskStatus.SUCCEEDED
+    # An ended task is not marked (nothing of it is left to publish).
+    assert await app.broker.admin.status_for_wait(alone) == ("succeeded", True)
+    assert await redis.hget(app.broker.keys.for_task(alone).task(alone), "waited") is None
+    assert await app.broker.admin.status_for_wait(new_task_id()) == (None, True)
+
+
+async def test_a_waiter_whose_mark_could_not_be_written_polls_and_still_sees_the_end(
+    app: Spillway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before Redis 7.0 a full Redis refuses wait.lua's mark (no allow-oom flag): its end is
+    # then never published, so the waiter reads the status again every Waiters.POLL seconds.
+    @app.task
+    async def quick(item: Item) -> int:
+        return item.n
+
+    task_id = await app.enqueue("quick", {"n": 1})
+    admin = app.broker.admin
+
+    async def unmarked(task_id: str) -> tuple[str | None, bool]:
+        status = await app.broker.client.hget(app.broker.keys.for_task(task_id).task(task_id),
+                                              "status")  # fmt: skip
+        return status, False
+
+    monkeypatch.setattr(admin.waiters, "_status", unmarked)
+    waiting = asyncio.create_task(app.wait(task_id, timeout=20))
+    await drain(app)
+    started = time.monotonic()
+    record = await asyncio.wait_for(waiting, 5)
+    assert record.status is TaskStatus.SUCCEEDED
+    assert time.monotonic() - started < 5  # a poll, not the 20 s timeout
+
+
 async def test_cancelling_a_queued_task_wakes_its_waiters(app: Spillway) -> None:
     @app.task
     async def idle(item: Item) -> None:

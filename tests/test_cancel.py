@@ -122,6 +122,9 @@ async def test_a_cancel_racing_completion_always_leaves_one_terminal_record_coun
         # Each handler finishes 0-15 ms after it starts; the cancel is sent when the start is
         # seen, so it lands before, at or after the finish script, iteration by iteration.
         task_id = await app.enqueue("blink", {"max_ms": 15})
+        # Marked as a waiter marks it (a run's end is published only when someone listens),
+        # before it can end.
+        assert (await app.broker.admin.status_for_wait(task_id))[1]
         await started(redis, app, task_id)
         await asyncio.sleep(random.uniform(0, 0.005))  # noqa: S311 - timing, not secrets
         try:

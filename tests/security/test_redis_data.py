@@ -231,6 +231,30 @@ async def test_a_record_missing_its_type_and_payload_is_dead_lettered(
     ]
 
 
+@pytest.mark.parametrize("value", ["", "0", "no", "\u00e9" * 1000])
+async def test_a_waited_mark_spillway_did_not_write_only_publishes_the_end(
+    work_app: Spillway, redis: aioredis.Redis, value: str
+) -> None:
+    # finish.lua tests 'waited' (wait.lua's mark) for presence only: whatever it holds, the
+    # task runs once and ends as usual, and its end is published on its channel.
+    task_id = await inject(work_app, redis, waited=value)
+    pubsub = redis.pubsub()
+    channel = work_app.broker.keys.for_task(task_id).channel(task_id)
+    await pubsub.subscribe(channel)
+
+    await asyncio.wait_for(Worker(work_app, burst=True).run(), 10)
+
+    record = await work_app.get(task_id)
+    assert (record.status.value, record.attempts, record.result) == ("succeeded", 1, 1)
+    messages = []
+    while len(messages) < 2:  # the subscription's confirmation, then the end
+        message = await pubsub.get_message(timeout=5)
+        assert message is not None
+        messages.append(message)
+    await pubsub.aclose()  # type: ignore[no-untyped-call]
+    assert str(messages[1]["data"]) == "succeeded"
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [("status", "paused"), ("payload", f'{{"secret": "{SECRET}"'), ("created_at", "soon"),

@@ -34,7 +34,7 @@ class Admin:
     def __init__(self, core: RedisCore) -> None:
         self.core = core
         self.waiters = Waiters(
-            lambda: pubsub_client(core.client, core.settings.redis_timeout), self.terminal_status
+            lambda: pubsub_client(core.client, core.settings.redis_timeout), self.status_for_wait
         )
 
     async def close(self) -> None:
@@ -49,10 +49,17 @@ class Admin:
             raise _unreadable(task_id, key, exc) from None
         return record or None
 
-    async def terminal_status(self, task_id: str) -> str | None:
+    async def status_for_wait(self, task_id: str) -> tuple[str | None, bool]:
+        """The task's status (None: no such task), marking its record 'waited' unless it has
+        ended (``wait.lua``: finish.lua publishes a run's end only for a marked record); False
+        when the mark could not be written, so the caller polls."""
         key = self.core.keys.for_task(task_id).task(task_id)
-        status: str | None = await self.core.run(lambda: self.core.client.hget(key, "status"))
-        return status
+        reply = await self.core.script("wait", [key], [])
+        # What Redis answers is not trusted: any other shape reads as unmarked (polled).
+        if not isinstance(reply, list) or len(reply) != 2:
+            return None, False
+        status = reply[0] if isinstance(reply[0], str) else None
+        return status, reply[1] == 1
 
     async def wait(self, task_id: str, timeout: float) -> bool:
         """Wait until the task is terminal (True) or `timeout` seconds pass (False)."""

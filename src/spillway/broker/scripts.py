@@ -16,7 +16,8 @@ __all__ = ["Scripts"]
 
 NAMES = (
     "accept", "begin", "finish", "due", "promote", "cancel", "replay", "renew", "release", "lease",
-    "take", "paused", "schedule", "watch", "callback_claim", "callback_settle", "feed_keep",
+    "take", "paused", "schedule", "watch", "wait", "callback_claim", "callback_settle",
+    "feed_keep",
 )  # fmt: skip
 
 # The scripts that change a task's status: each starts with feed.lua's two functions, which
@@ -40,6 +41,7 @@ ALLOW_OOM = frozenset(
         "due",
         "lease",
         "paused",
+        "wait",
         "callback_settle",
     }
 )

@@ -18,6 +18,9 @@ __all__ = ["Waiters"]
 
 log = logging.getLogger("spillway.waiters")
 
+# Seconds between status reads of a task whose record could not be marked 'waited' (wait.lua).
+POLL = 0.25
+
 
 @contextlib.contextmanager
 def _unless_lost() -> Iterator[None]:
@@ -32,9 +35,11 @@ def _unless_lost() -> Iterator[None]:
 class Waiters:
     """Per-task channels, subscribed while someone waits on them or watches them.
 
-    The scripts publish on a task's channel after each change of its status (terminal ones,
-    and ``running`` and ``failed`` for watchers). A waiter subscribes first and reads the
-    status second, so a change between the two is never missed. Each subscriber has its own
+    The scripts publish on a task's channel after each change of its status that someone
+    listens for: its end, once a waiter has marked its record (``wait.lua``, the waiter's
+    status read) or a watcher has (``watch.lua``), and ``running`` and ``failed`` for
+    watchers. A waiter subscribes first and reads (and marks) second, so a change between the
+    two is never missed. Each subscriber has its own
     event, set on any message of its channel: one subscriber's wake-up never clears
     another's. If the pub/sub connection breaks, every subscriber is woken to re-read.
     """
@@ -42,7 +47,7 @@ class Waiters:
     def __init__(
         self,
         connect: Callable[[], tuple[Redis, bool]],
-        status: Callable[[str], Awaitable[str | None]],
+        status: Callable[[str], Awaitable[tuple[str | None, bool]]],
     ) -> None:
         self._connect = connect
         self._status = status
@@ -59,16 +64,20 @@ class Waiters:
         async with self.watch(channel) as event:
             while True:
                 event.clear()
-                if await self._status(task_id) in TERMINAL:
+                status, marked = await self._status(task_id)
+                if status in TERMINAL:
                     return True
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return False
+                # Unmarked, its end would not be published: read again every so often.
+                wait = remaining if marked else min(remaining, POLL)
                 try:
-                    async with asyncio.timeout(remaining):
+                    async with asyncio.timeout(wait):
                         await event.wait()
                 except TimeoutError:
-                    return await self._status(task_id) in TERMINAL
+                    if wait == remaining:
+                        return (await self._status(task_id))[0] in TERMINAL
 
     @contextlib.asynccontextmanager
     async def watch(self, channel: str) -> AsyncIterator[asyncio.Event]:

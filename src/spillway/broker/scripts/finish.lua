@@ -1,6 +1,7 @@
 -- finish: write each outcome of a batch of one shard's stream exactly once, acknowledge and
--- delete the deliveries, notify waiters. One call per stream and batch: the calls' fixed cost
--- (and TIME, and the feed's TYPE check) is paid once per batch, not once per task.
+-- delete the deliveries, publish each end someone listens for (wait.lua, watch.lua). One call
+-- per stream and batch: the calls' fixed cost (and TIME, and the feed's TYPE check) is paid
+-- once per batch, not once per task.
 -- KEYS[1] shard stream   KEYS[2] due set   KEYS[3] dead-letter stream
 -- KEYS[4] the shard's outcome counters (hash of 'type|outcome' -> count)
 -- KEYS[5] the dead-letter index (hash: task id -> dead-letter entry id)
@@ -33,7 +34,7 @@ for i = 8, #KEYS do
   acked[#acked + 1] = entry
   -- pcall: a key of another type under the task's name (not Spillway's) is a stale delivery.
   local r = redis.pcall('HMGET', record, 'status', 'entry', 'type', 'cancel_requested_at',
-    'watched', 'callback', 'queue')
+    'watched', 'callback', 'queue', 'waited')
   -- Only the delivery the record points at may write: a reclaimed duplicate, or a delivery of
   -- a task that was cancelled or already finished, writes nothing.
   if r['err'] or r[1] ~= 'running' or r[2] ~= entry then
@@ -41,6 +42,9 @@ for i = 8, #KEYS do
   else
     local task_type = r[3] or ''  -- fields a record may lack (not Spillway's) read as ''
     local channel = ARGV[3] .. id
+    -- Its end is published only when someone listens: a waiter (wait.lua) or a watcher
+    -- (watch.lua) marked the record before reading it (nobody else subscribes).
+    local listened = r[5] or r[8]
     if r[4] then
       outcome = 'cancelled'
     end
@@ -54,12 +58,16 @@ for i = 8, #KEYS do
       redis.call('HSET', record, 'status', 'succeeded', 'result', value, 'finished_at', now_text,
         'entry', '')
       redis.call('PEXPIRE', record, ttl)
-      redis.call('PUBLISH', channel, 'succeeded')
+      if listened then
+        redis.call('PUBLISH', channel, 'succeeded')
+      end
     elseif outcome == 'cancelled' then
       -- No result is kept: the caller asked for the work not to be done.
       redis.call('HSET', record, 'status', 'cancelled', 'finished_at', now_text, 'entry', '')
       redis.call('PEXPIRE', record, ttl)
-      redis.call('PUBLISH', channel, 'cancelled')
+      if listened then
+        redis.call('PUBLISH', channel, 'cancelled')
+      end
     elseif outcome == 'retry' then
       local due = now + tonumber(ARGV[a + 5])
       redis.call('HSET', record, 'status', 'failed', 'error', value, 'traceback', tb,
@@ -79,7 +87,9 @@ for i = 8, #KEYS do
       redis.call('HSET', record, 'status', 'dead', 'error', value, 'traceback', tb,
         'finished_at', now_text, 'entry', '', 'dead_letter', letter)
       redis.call('PEXPIRE', record, ttl)
-      redis.call('PUBLISH', channel, 'dead')
+      if listened then
+        redis.call('PUBLISH', channel, 'dead')
+      end
     end
     feed(id, r[7] or '', task_type, outcome == 'retry' and 'failed' or outcome, attempts)
     if r[6] and outcome ~= 'retry' then  -- its completion webhook (spillway.deliverer)
