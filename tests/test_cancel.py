@@ -117,14 +117,18 @@ async def test_a_cancel_racing_completion_always_leaves_one_terminal_record_coun
     await pubsub.psubscribe(f"{{{app.settings.prefix}:*}}:done:*")
     worker = spawn_worker(worker_env, "--concurrency", "16", app=APP)
     asked: dict[str, str] = {}  # task id -> what its cancel answered
+    listened: set[str] = set()  # marked by a waiter before they ended
 
     async def one() -> None:
         # Each handler finishes 0-15 ms after it starts; the cancel is sent when the start is
         # seen, so it lands before, at or after the finish script, iteration by iteration.
         task_id = await app.enqueue("blink", {"max_ms": 15})
-        # Marked as a waiter marks it (a run's end is published only when someone listens),
-        # before it can end.
-        assert (await app.broker.admin.status_for_wait(task_id))[1]
+        # Marked as a waiter marks it: a run's end is published only when someone listens.
+        # (A run may end before the mark: a waiter then sees it ended, nothing is published.)
+        status, marked = await app.broker.admin.status_for_wait(task_id)
+        assert marked
+        if status in ("queued", "running"):
+            listened.add(task_id)
         await started(redis, app, task_id)
         await asyncio.sleep(random.uniform(0, 0.005))  # noqa: S311 - timing, not secrets
         try:
@@ -155,11 +159,11 @@ async def test_a_cancel_racing_completion_always_leaves_one_terminal_record_coun
     # Both sides of the race were hit.
     assert split["cancelled"] > 0, split
     assert split["succeeded"] > 0, split
-    # Counted once each, and each terminal transition published once.
+    # Counted once each, and each terminal transition someone waited on published once.
     assert (await app.broker.admin.counters())["blink"] == dict(split)
     published: Counter[str] = Counter()
     deadline = time.monotonic() + 10
-    while sum(published.values()) < 200 and time.monotonic() < deadline:
+    while sum(published.values()) < len(listened) and time.monotonic() < deadline:
         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
         if message is not None:
             published[str(message["channel"]).rsplit(":", 1)[1]] += 1
@@ -167,7 +171,8 @@ async def test_a_cancel_racing_completion_always_leaves_one_terminal_record_coun
     await pubsub.aclose()  # type: ignore[no-untyped-call]
     if owned:
         await listener.aclose()
-    assert published == Counter(dict.fromkeys(asked, 1))
+    assert len(listened) > 100, len(listened)  # most were marked before they ended
+    assert published == Counter(dict.fromkeys(listened, 1))
     assert extra is None
     assert set((await runs(redis, app)).values()) == {1}
     assert await stream_lengths(app, redis) == 0
