@@ -35,7 +35,7 @@ from bench import DOC, ROOT, Report, machine, standalone
 from bench.http.openloop import Answer, offer
 from bench.http.run import PAYLOAD, PREFIX, Server, spillway_server
 from spillway.broker.keys import Keys
-from spillway.embedded import EmbeddedRedis
+from spillway.embedded import AOF_REWRITE_PERCENTAGE, EmbeddedRedis
 
 __all__ = ["TITLE", "Stack", "measure_rate", "offer_tasks", "run", "stack", "tree_cpu"]
 
@@ -421,9 +421,11 @@ def _report(
             f"{args.load[0]:.1f} when the runs started, {args.load[1]:.1f} when they ended.",
             "- Redis: the embedded throw-away server on loopback, AOF on (`appendfsync everysec`).",
             "- AOF rewrites: Redis forks a child that writes the whole dataset again each time "
-            "the AOF has doubled since the last rewrite (64 MB at least, Redis's default), and "
-            "every task's record is kept for `SPILLWAY_RESULT_TTL`, so at these rates a rewrite "
-            "comes every few seconds and its child takes most of a CPU. When each ran was read "
+            f"the AOF has grown by {AOF_REWRITE_PERCENTAGE} % since the last rewrite (the "
+            "embedded server's threshold, docs/reliability.md#aof-rewrites; 64 MB at least), "
+            "and every task's record is kept for `SPILLWAY_RESULT_TTL`, so at these rates a "
+            "rewrite comes every several seconds and its child takes most of a CPU. When each "
+            "ran was read "
             "from `INFO persistence` every 50 ms; *outside rewrites* leaves out the tasks due "
             f"while one ran or up to {REWRITE_SHADOW_S:g} s after it ended (analysis only: the "
             "targets are the columns before it).",
