@@ -32,6 +32,23 @@ local function start_open(counters_key, callbacks_key, group_name, ttl_ms, chann
   now_text = string.format('%d', now)
 end
 
+-- A delivery that ends unrun as `status` (its record just written so): the record expires
+-- after the result TTL, the entry is acknowledged and deleted, and the end is published,
+-- counted and fed like an outcome; with a `callback`, its webhook is due now. Its item.
+local function ended_unrun(stream, record, entry, id, queue, task_type, status, attempts,
+    callback)
+  redis.call('PEXPIRE', record, ttl)
+  redis.call('XACK', stream, group, entry)
+  redis.call('XDEL', stream, entry)
+  redis.call('PUBLISH', channels .. id, status)
+  redis.call('HINCRBY', counters, task_type .. '|' .. status, 1)
+  feed(id, queue, task_type, status, attempts)
+  if callback then
+    redis.call('ZADD', callbacks, now_text, id)
+  end
+  return {status}
+end
+
 -- One delivery: the entry `entry` of `stream` (its lane's dead-letter stream `dead` and index
 -- `index`: a hash of task id -> dead-letter entry id), naming the task record `record`.
 -- `fresh`: read as new just now (XREADGROUP '>'), so delivered once: its count is not read
@@ -66,29 +83,12 @@ local function start(stream, dead, index, record, entry, fresh)
     return {'skip'}
   elseif r[11] then
     redis.call('HSET', record, 'status', 'cancelled', 'finished_at', now_text, 'entry', '')
-    redis.call('PEXPIRE', record, ttl)
-    redis.call('XACK', stream, group, entry)
-    redis.call('XDEL', stream, entry)
-    redis.call('PUBLISH', channels .. id, 'cancelled')
-    redis.call('HINCRBY', counters, task_type .. '|cancelled', 1)
-    feed(id, queue, task_type, 'cancelled', tonumber(r[6]) or 0)
-    if r[14] then
-      redis.call('ZADD', callbacks, now_text, id)
-    end
-    return {'cancelled'}
+    return ended_unrun(stream, record, entry, id, queue, task_type, 'cancelled',
+      tonumber(r[6]) or 0, r[14])
   elseif r[10] and now >= (tonumber(r[10]) or math.huge)
       and redis.call('HEXISTS', record, 'started_at') == 0 then
     redis.call('HSET', record, 'status', 'expired', 'finished_at', now_text, 'entry', '')
-    redis.call('PEXPIRE', record, ttl)
-    redis.call('XACK', stream, group, entry)
-    redis.call('XDEL', stream, entry)
-    redis.call('PUBLISH', channels .. id, 'expired')
-    redis.call('HINCRBY', counters, task_type .. '|expired', 1)
-    feed(id, queue, task_type, 'expired', 0)
-    if r[14] then
-      redis.call('ZADD', callbacks, now_text, id)
-    end
-    return {'expired'}
+    return ended_unrun(stream, record, entry, id, queue, task_type, 'expired', 0, r[14])
   else
     local attempts = (tonumber(r[6]) or 0) + tonumber(pending[1][4])  -- prior_attempts: 0 if unset
     local policy = r[5] or ''
@@ -104,16 +104,7 @@ local function start(stream, dead, index, record, entry, fresh)
       end
       redis.call('HSET', record, 'status', 'dead', 'attempts', limit, 'error', err,
         'finished_at', now_text, 'entry', '', 'dead_letter', letter)
-      redis.call('PEXPIRE', record, ttl)
-      redis.call('XACK', stream, group, entry)
-      redis.call('XDEL', stream, entry)
-      redis.call('PUBLISH', channels .. id, 'dead')
-      redis.call('HINCRBY', counters, task_type .. '|dead', 1)
-      feed(id, queue, task_type, 'dead', limit)
-      if r[14] then
-        redis.call('ZADD', callbacks, now_text, id)
-      end
-      return {'dead'}
+      return ended_unrun(stream, record, entry, id, queue, task_type, 'dead', limit, r[14])
     else
       redis.call('HSET', record, 'status', 'running', 'attempts', string.format('%d', attempts),
         'started_at', now_text)
