@@ -37,7 +37,9 @@ from bench.http.run import PAYLOAD, PREFIX, Server, spillway_server
 from spillway.broker.keys import Keys
 from spillway.embedded import AOF_REWRITE_PERCENTAGE, EmbeddedRedis
 
-__all__ = ["TITLE", "Stack", "measure_rate", "offer_tasks", "run", "stack", "tree_cpu"]
+__all__ = [
+    "TITLE", "Stack", "measure_rate", "offer_tasks", "run", "stack", "tree_cpu", "wait_finished",
+]  # fmt: skip
 
 TITLE = "End to end latency"
 APP = "bench.http.spillway_app:app"
@@ -120,10 +122,10 @@ def _forks_cpu(pid: int) -> float:
     return tree_cpu(pid) - own.user - own.system
 
 
-def _env(redis_url: str) -> dict[str, str]:
+def _env(redis_url: str, pythonpath: str | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPILLWAY_")}
     return env | {
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": pythonpath or str(ROOT),
         "SPILLWAY_REDIS_URL": redis_url,
         "SPILLWAY_PREFIX": PREFIX,
         "SPILLWAY_DEFAULT_TASK_TYPE": "resize",
@@ -139,15 +141,22 @@ def worker_command(concurrency: int = WORKER_CONCURRENCY) -> list[str]:
 
 @contextlib.contextmanager
 def stack(
-    log_dir: Path, concurrency: int = WORKER_CONCURRENCY, redis_args: Sequence[str] = ()
+    log_dir: Path,
+    concurrency: int = WORKER_CONCURRENCY,
+    redis_args: Sequence[str] = (),
+    pythonpath: str | None = None,
 ) -> Iterator[Stack]:
-    """Start Redis, the API and the worker; stop them all by PID on the way out."""
+    """Start Redis, the API and the worker; stop them all by PID on the way out. With
+    `pythonpath` (`bench.budget_ab`: another tree's ``src`` first), the API and the worker
+    import what it names."""
     with EmbeddedRedis(appendonly=True, extra_args=redis_args) as server:
         api = spillway_server(server.url, API_PROCESSES)
+        if pythonpath:
+            api.env |= {"PYTHONPATH": pythonpath}
         log = (log_dir / "worker.log").open("wb")
         worker = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
             worker_command(concurrency),
-            env=_env(server.url),
+            env=_env(server.url, pythonpath),
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -217,7 +226,7 @@ def measure_rate(s: Stack, rate: float, seconds: float, timeout: float = 120.0) 
         answers, errors = offer_tasks(s.api.port, rate, seconds)
         gen_cpu = time.process_time() - gen_before
         ids = [a.task_id for a in answers if a.task_id]
-        records = _wait_finished(client, ids, timeout)
+        records = wait_finished(client, ids, timeout)
         after = s.cpu_seconds()
         aof_after, forks_after = s.aof()
     finally:
@@ -254,7 +263,7 @@ def offer_tasks(
     return uvloop.run(coro)
 
 
-def _wait_finished(
+def wait_finished(
     client: redis.Redis, ids: list[str], timeout: float
 ) -> dict[str, tuple[bytes, bytes, bytes]]:
     """(status, created_at, finished_at) of every task, once all have finished."""

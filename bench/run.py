@@ -29,6 +29,7 @@ BENCHMARKS = {
     "latency": "bench.latency",  # accept-to-done at 1,000 and 5,000 tasks/s; ~2 min
     "cost": "bench.cost",  # Redis bytes per task, CPU seconds per 10,000 tasks; ~1 min
     "budget": "bench.budget",  # CPU us per task at 5,000/s: API, worker, Redis by script; ~1 min
+    "budget-ab": "bench.budget_ab",  # the budget of the tree before the last cuts and this; ~10 min
     "floor": "bench.floor",  # the API's CPU per request against bare servers; ~2 min
     "overload": "bench.overload",  # 2x what a worker drains for 60 s: accept p99, backlog; ~3 min
     "flame": "bench.flame",  # py-spy flame graphs of the accept path and the worker loop
