@@ -276,7 +276,7 @@ async def test_a_waiter_whose_mark_could_not_be_written_polls_and_still_sees_the
     async def unmarked(task_id: str) -> tuple[str | None, bool]:
         status = await app.broker.client.hget(app.broker.keys.for_task(task_id).task(task_id),
                                               "status")  # fmt: skip
-        return status, False
+        return (None if status is None else str(status)), False
 
     monkeypatch.setattr(admin.waiters, "_status", unmarked)
     waiting = asyncio.create_task(app.wait(task_id, timeout=20))

@@ -16,6 +16,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import pytest
@@ -246,7 +247,7 @@ async def test_a_waited_mark_spillway_did_not_write_only_publishes_the_end(
 
     record = await work_app.get(task_id)
     assert (record.status.value, record.attempts, record.result) == ("succeeded", 1, 1)
-    messages = []
+    messages: list[dict[str, Any]] = []
     while len(messages) < 2:  # the subscription's confirmation, then the end
         message = await pubsub.get_message(timeout=5)
         assert message is not None
