@@ -385,6 +385,11 @@ class Worker:
             if deliveries:
                 if taken is not None:
                     await self._started(taken)
+                    if self._readers_waiting:
+                        # The readers this read's freed reservation woke go first: they wait
+                        # again ahead of this one, so readers take the freed slots in turn.
+                        # (A begin's round trip used to give them that turn; a take has none.)
+                        await asyncio.sleep(0)
                 else:
                     await self._start(deliveries, fresh=True)
                 if 1 < len(deliveries) < count and linger:
