@@ -71,12 +71,12 @@ class Waiters:
                 if remaining <= 0:
                     return False
                 # Unmarked, its end would not be published: read again every so often.
-                wait = remaining if marked else min(remaining, POLL)
+                last = marked or remaining <= POLL
                 try:
-                    async with asyncio.timeout(wait):
+                    async with asyncio.timeout(remaining if last else POLL):
                         await event.wait()
                 except TimeoutError:
-                    if wait == remaining:
+                    if last:
                         return (await self._status(task_id))[0] in TERMINAL
 
     @contextlib.asynccontextmanager
