@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 import psutil
 import pytest
 import redis
+import redis.asyncio as aioredis
+from pydantic import BaseModel
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from tests.engine import drain
 
+from spillway import Spillway
 from spillway.embedded import (
     AOF_REWRITE_PERCENTAGE,
+    HASH_LISTPACK_VALUE,
     MIN_VERSION,
     EmbeddedRedis,
     EmbeddedRedisError,
@@ -82,6 +89,32 @@ def test_with_appendonly_the_aof_is_synced_each_second_and_rewritten_as_recommen
         assert config == ("yes", "everysec", str(AOF_REWRITE_PERCENTAGE))
     with EmbeddedRedis() as server, connect(server) as client:  # a throw-away server: no AOF
         assert client.config_get("appendonly")["appendonly"] == "no"
+
+
+class Note(BaseModel):
+    text: str
+
+
+async def test_a_task_record_stays_in_the_compact_encoding_up_to_its_bound(
+    app: Spillway, redis: aioredis.Redis
+) -> None:
+    # Redis's default bound (64 bytes) gave a record with a 65-byte payload a hash table:
+    # twice the memory, and twice the AOF rewrite's time (docs/reliability.md#record-encoding).
+    @app.task
+    async def echo(note: Note) -> str:
+        return note.text
+
+    def encoding_of(task_id: str) -> Awaitable[str]:
+        return redis.object("encoding", app.broker.keys.for_task(task_id).task(task_id))
+
+    # The payload is `{"text":"..."}` and the result the JSON string itself.
+    fits = await app.enqueue(echo, {"text": "x" * (HASH_LISTPACK_VALUE - 20)})
+    beyond = await app.enqueue(echo, {"text": "x" * HASH_LISTPACK_VALUE})
+    assert await encoding_of(fits) == "listpack"
+    await drain(app)
+    assert await app.result(fits, timeout=1) == "x" * (HASH_LISTPACK_VALUE - 20)
+    assert await encoding_of(fits) == "listpack"  # the result and the finish fields too
+    assert await encoding_of(beyond) == "hashtable"  # beyond it, Redis's table, as before
 
 
 def test_stop_leaves_no_process_and_no_directory() -> None:

@@ -151,6 +151,13 @@ def _free_port() -> int:
 #: last rewrite (Redis's default is 100). docs/reliability.md#aof-rewrites.
 AOF_REWRITE_PERCENTAGE = 400
 
+#: The largest field value a hash keeps in Redis's compact encoding (a listpack, one
+#: allocation) rather than a hash table (Redis's default: 64 bytes). A task record holds its
+#: payload and result: at 64 a payload of 65 bytes gave every record a table of ~14 entries,
+#: twice the memory per record and twice the time to rewrite the AOF (one rewrite child's run
+#: is what the tail latency pays for). docs/reliability.md#record-encoding.
+HASH_LISTPACK_VALUE = 1024
+
 
 class EmbeddedRedis:
     """A redis-server child process on 127.0.0.1, in its own temporary directory.
@@ -158,7 +165,8 @@ class EmbeddedRedis:
     Use it as a context manager, or call :meth:`start` and :meth:`stop`. It never saves RDB
     snapshots and never evicts keys; ``appendonly=True`` turns on the AOF (fsync every second)
     so :meth:`kill` followed by :meth:`restart` shows what a crash keeps, with the rewrite
-    threshold Spillway recommends (`AOF_REWRITE_PERCENTAGE`). With `tls` its only
+    threshold Spillway recommends (`AOF_REWRITE_PERCENTAGE`); its task records stay in Redis's
+    compact hash encoding up to `HASH_LISTPACK_VALUE` bytes a field. With `tls` its only
     port speaks TLS; with `password` it requires that password (its replicas use it too).
     """
 
@@ -313,6 +321,8 @@ class EmbeddedRedis:
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
             "--maxmemory-policy", "noeviction",
+            # 'ziplist': the name Redis 6.2 knows; 7.0 and later take it for 'listpack'.
+            "--hash-max-ziplist-value", str(HASH_LISTPACK_VALUE),
             "--dir", str(self.dir),
             "--daemonize", "no",
         ]  # fmt: skip
