@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from tests.engine import Item, drain
 
-from spillway import Fail, Retry, Spillway, TaskContext, TaskStatus
+from spillway import Fail, Retry, Spillway, TaskContext, TaskStatus, execution, loops
 from spillway.broker import Delivery, Started
 from spillway.execution import execute
 from spillway.retry import RetryPolicy
@@ -191,6 +193,62 @@ async def test_a_timeout_is_a_timeout_error_to_the_classification(app: Spillway)
     assert record.error == (
         "TimeoutError: the task ran longer than its timeout of 0.2 s (not retried: not in retry_on)"
     )
+
+
+async def test_a_handler_that_waits_after_working_is_bounded_from_its_start(
+    app: Spillway,
+) -> None:
+    # Its timeout is armed only once it waits (a handler that never waits needs none), and
+    # counts from the start of the run, not from that first wait.
+    @app.task(max_retries=0, timeout=1.5)
+    async def busy_then_slow(item: Item) -> None:
+        time.sleep(1.0)  # noqa: ASYNC251 - its first step: work before any wait
+        await asyncio.sleep(30)
+
+    task_id = await app.enqueue("busy_then_slow", {"n": 1})
+    await drain(app)
+
+    record = await app.get(task_id)
+    assert record.status == TaskStatus.DEAD
+    assert (record.error or "").startswith(
+        "TimeoutError: the task ran longer than its timeout of 1.5 s"
+    )
+    assert record.started_at is not None
+    assert record.finished_at is not None
+    ran = (record.finished_at - record.started_at).total_seconds()
+    assert 1.4 <= ran < 2.3  # 2.5 if the timeout counted from the wait
+
+
+async def test_a_handler_that_never_waits_arms_no_timer(
+    app: Spillway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    armed: list[float] = []
+    real = loops.RunTimeout
+
+    def spy(loop: asyncio.AbstractEventLoop, task: asyncio.Task[object], delay: float) -> Any:
+        armed.append(delay)
+        return real(loop, task, delay)
+
+    monkeypatch.setattr(execution, "RunTimeout", spy)
+
+    @app.task(timeout=7)
+    async def quick(item: Item) -> int:
+        return item.n * 2
+
+    @app.task(timeout=7)
+    async def waits(item: Item) -> int:
+        await asyncio.sleep(0.01)
+        return item.n * 3
+
+    quick_id = await app.enqueue("quick", {"n": 2})
+    await drain(app)
+    assert await app.result(quick_id, timeout=1) == 4
+    assert armed == []
+    waits_id = await app.enqueue("waits", {"n": 2})
+    await drain(app)
+    assert await app.result(waits_id, timeout=1) == 6
+    assert len(armed) == 1
+    assert 6.5 < armed[0] <= 7
 
 
 @pytest.mark.parametrize("after", [-1, -0.001, float("nan"), float("inf"), 2e9])

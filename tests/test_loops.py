@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import pytest
 
-from spillway.loops import LoopCache, RunTimeout
+from spillway.loops import LoopCache, RunTimeout, Stepped
+
+T = TypeVar("T")
 
 
 async def test_the_cache_gives_the_running_loop() -> None:
@@ -96,3 +100,71 @@ async def test_a_cancel_asked_for_as_the_timeout_fires_is_not_swallowed() -> Non
 
     with pytest.raises(asyncio.CancelledError):
         await asyncio.create_task(run())
+
+
+async def _stepped(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro`'s first step here, then await the rest through `Stepped`."""
+    try:
+        pending = coro.send(None)
+    except StopIteration as done:
+        value: T = done.value
+        return value
+    return await Stepped(coro, pending)
+
+
+async def test_a_stepped_coroutine_goes_on_where_its_first_step_stopped() -> None:
+    seen: list[str] = []
+    gate: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def work() -> str:
+        seen.append("first step")
+        await asyncio.sleep(0)  # a bare yield
+        got = await gate  # a future, done later
+        seen.append(got)
+        await asyncio.sleep(0.01)  # a timer
+        return got.upper()
+
+    task = asyncio.create_task(_stepped(work()))
+    await asyncio.sleep(0)
+    assert seen == ["first step"]
+    gate.set_result("opened")
+    assert await task == "OPENED"
+    assert seen == ["first step", "opened"]
+
+
+async def test_a_cancel_reaches_a_stepped_coroutine_which_may_catch_it() -> None:
+    first_wait = asyncio.Event()
+    caught: list[str] = []
+
+    async def work() -> str:
+        try:
+            first_wait.set()
+            await asyncio.sleep(5)  # where its first step stopped
+        except asyncio.CancelledError:
+            caught.append("first")
+            await asyncio.sleep(0)
+        return "ended on its own terms"
+
+    task = asyncio.create_task(_stepped(work()))
+    await first_wait.wait()
+    task.cancel()
+    assert await task == "ended on its own terms"
+    assert caught == ["first"]
+
+    async def stubborn() -> None:
+        await asyncio.sleep(5)
+
+    other = asyncio.create_task(_stepped(stubborn()))
+    await asyncio.sleep(0)
+    other.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await other
+
+
+async def test_a_stepped_coroutine_raises_what_it_raises_after_waiting() -> None:
+    async def work() -> None:
+        await asyncio.sleep(0)
+        raise KeyError("later")
+
+    with pytest.raises(KeyError, match="later"):
+        await asyncio.create_task(_stepped(work()))

@@ -17,14 +17,15 @@ import functools
 import logging
 import time
 import traceback
+from collections.abc import Coroutine
 from concurrent.futures import Executor
-from typing import Any
+from typing import Any, cast
 
 from spillway.broker import Outcome, Started
 from spillway.codec import JSONError, dumps
 from spillway.errors import Fail, PayloadInvalid, Retry
 from spillway.lanes import parse_lane
-from spillway.loops import RunTimeout
+from spillway.loops import RunTimeout, Stepped
 from spillway.retry import backoff_delay, not_retried
 from spillway.tasks import CancelSignal, TaskContext, TaskDef
 
@@ -74,16 +75,17 @@ async def execute(
     if current is None:
         raise RuntimeError("execute runs in a task")
     try:
-        async with RunTimeout(loop, current, policy.timeout):
-            if task.is_async:
+        if task.is_async:
+            if signal is not None:
+                signal.handler = current
+            try:
+                coro = cast(Coroutine[Any, Any, Any], task.call(payload, ctx))
+                result = await _bounded(coro, loop, current, policy.timeout)
+            finally:
                 if signal is not None:
-                    signal.handler = current
-                try:
-                    result = await task.call(payload, ctx)
-                finally:
-                    if signal is not None:
-                        signal.handler = None
-            else:
+                    signal.handler = None
+        else:
+            async with RunTimeout(loop, current, policy.timeout):
                 # In a copy of this context: the handler's own spans (and any context variable
                 # it reads) see the attempt's, as an async handler does.
                 call = functools.partial(contextvars.copy_context().run, task.call, payload, ctx)
@@ -123,6 +125,29 @@ async def execute(
     if ctx.cancelled:  # it returned after all (a sync handler that polled, or finished anyway)
         return _cancelled(s)
     return Outcome(d, s.type, "succeeded", value, attempts=s.attempts)
+
+
+async def _bounded(
+    coro: Coroutine[Any, Any, Any],
+    loop: asyncio.AbstractEventLoop,
+    current: asyncio.Task[Any],
+    timeout: float,
+) -> Any:
+    """An async handler's result, its run bounded by `timeout` seconds from now.
+
+    Its first step runs at once, before any timer: a handler that returns without waiting
+    (most do, or wait only on what is already done) cannot be interrupted by a timer anyway,
+    and arming and cancelling one cost about 5 us a run, a tenth of a worker's CPU per task
+    (docs/benchmarks.md#cpu-budget-per-task). A handler that waits is bounded by what is left.
+    """
+    started = loop.time()
+    try:
+        pending = coro.send(None)
+    except StopIteration as done:
+        return done.value
+    # On the loop's clock, as RunTimeout's own: the same deadline a timer armed first had.
+    async with RunTimeout(loop, current, timeout - (loop.time() - started)):
+        return await Stepped(coro, pending)
 
 
 def unexpected(s: Started, task: TaskDef | None, exc: Exception) -> Outcome:

@@ -6,15 +6,21 @@ On Python 3.11, every `asyncio.get_running_loop()` calls ``getpid()`` (to notice
 `asyncio.timeout`. On the hot paths (the accept route, a worker's runs) they were 6 % of an
 API process's samples and a fifth of a worker's busy ones (docs/benchmarks.md#cpu-budget-per-task).
 `LoopCache` asks once per loop; `RunTimeout` is `asyncio.timeout` given its loop and task.
+`Stepped` lets a coroutine run its first step before anyone decides how to await the rest: a
+worker's run arms its timeout only for a handler that did not end in that step.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Coroutine, Generator
 from types import TracebackType
+from typing import Any, Generic, TypeVar
 
-__all__ = ["LoopCache", "RunTimeout"]
+__all__ = ["LoopCache", "RunTimeout", "Stepped"]
+
+T = TypeVar("T")
 
 
 class LoopCache:
@@ -84,3 +90,37 @@ class RunTimeout:
         self._handle = None
         self._expired = True
         self._task.cancel()
+
+
+class Stepped(Generic[T]):
+    """A coroutine that has run its first step (``coro.send(None)``) and waits on `pending`,
+    what that step yielded: awaited in a task, it goes on as if the task had run that step.
+
+    The task waits on `pending` first; a cancellation thrown in meanwhile is passed to the
+    coroutine, which may catch it and wait again. Then the coroutine's own iterator takes
+    over (`yield from`), so later steps cost what they cost under a plain ``await``.
+    """
+
+    __slots__ = ("_coro", "_pending")
+
+    def __init__(self, coro: Coroutine[Any, Any, T], pending: Any) -> None:
+        self._coro = coro
+        self._pending = pending
+
+    def __await__(self) -> Generator[Any, None, T]:
+        coro, pending = self._coro, self._pending
+        while True:
+            try:
+                yield pending
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # thrown in by the task: a cancellation
+                try:
+                    pending = coro.throw(exc)
+                except StopIteration as done:
+                    value: T = done.value
+                    return value
+                continue
+            # A task sends None when what it waited on is done, as here.
+            return (yield from coro.__await__())
