@@ -10,8 +10,8 @@ The embedded server raises the bound to `spillway.embedded.HASH_LISTPACK_VALUE`.
 Redis's default bound and once with Spillway's, in turn: `--rate` tasks/s through HTTP for
 `--seconds`, then reads what the records cost Redis: memory per task, the time an AOF rewrite
 of the same dataset takes and its fork, the rewritten base's bytes per key, Redis's CPU per
-task while the tasks ran, and its CPU to delete the records (as their TTL will). Every process
-started is stopped by its PID.
+task while the tasks ran and the rewrites it began meanwhile, and its CPU to delete the
+records (as their TTL will). Every process started is stopped by its PID.
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ def _one(bound: int, rate: float, seconds: float) -> Round:
             measure_rate(s, 1000, 2)  # warm-up
             before = client.info("memory")["used_memory"]
             r = measure_rate(s, rate, seconds)
+            if r.bad:
+                raise RuntimeError(f"{r.bad} requests failed at {rate:g}/s (bound {bound})")
             memory = (client.info("memory")["used_memory"] - before) / r.answered
             records = list(client.scan_iter(match="{" + PREFIX + ":*:task:*", count=1000))
             encoding = client.object("encoding", records[0])

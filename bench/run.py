@@ -31,6 +31,7 @@ BENCHMARKS = {
     "budget": "bench.budget",  # CPU us per task at 5,000/s: API, worker, Redis by script; ~1 min
     "budget-ab": "bench.budget_ab",  # the budget of the tree before the last cuts and this; ~10 min
     "floor": "bench.floor",  # the API's CPU per request against bare servers; ~2 min
+    "stepped": "bench.stepped",  # a run's timeout armed first or only if it waits; ~10 s
     "encoding": "bench.encoding",  # task records compact vs Redis's default bound; ~5 min
     "overload": "bench.overload",  # 2x what a worker drains for 60 s: accept p99, backlog; ~3 min
     "flame": "bench.flame",  # py-spy flame graphs of the accept path and the worker loop

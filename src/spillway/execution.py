@@ -137,8 +137,9 @@ async def _bounded(
 
     Its first step runs at once, before any timer: a handler that returns without waiting
     (most do, or wait only on what is already done) cannot be interrupted by a timer anyway,
-    and arming and cancelling one cost about 5 us a run, a tenth of a worker's CPU per task
-    (docs/benchmarks.md#cpu-budget-per-task). A handler that waits is bounded by what is left.
+    and a run with a timer armed first cost 3.6 us against 0.63 this way under uvloop, of a
+    worker's 38 us per task at 5,000 tasks/s (docs/benchmarks.md, "A run's timeout when the
+    handler never waits"). A handler that waits is bounded by what is left.
     """
     started = loop.time()
     try:
