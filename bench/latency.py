@@ -212,8 +212,11 @@ def _aof_rewrites(url: str, stop: threading.Event, out: list[tuple[float, float]
         client.close()
 
 
-def measure_rate(s: Stack, rate: float, seconds: float, timeout: float = 120.0) -> RateRun:
-    """Offer `rate` tasks/s for `seconds`, wait until all are done, read their records."""
+def measure_rate(
+    s: Stack, rate: float, seconds: float, timeout: float = 120.0, body: bytes = BODY
+) -> RateRun:
+    """Offer `rate` tasks/s for `seconds` (each request `body`), wait until all are done, read
+    their records."""
     client = redis.Redis.from_url(s.redis.url)
     rewrites: list[tuple[float, float]] = []
     stop = threading.Event()
@@ -223,7 +226,7 @@ def measure_rate(s: Stack, rate: float, seconds: float, timeout: float = 120.0) 
         aof_before, forks_before = s.aof()
         before = s.cpu_seconds()
         gen_before = time.process_time()
-        answers, errors = offer_tasks(s.api.port, rate, seconds)
+        answers, errors = offer_tasks(s.api.port, rate, seconds, body)
         gen_cpu = time.process_time() - gen_before
         ids = [a.task_id for a in answers if a.task_id]
         records = wait_finished(client, ids, timeout)

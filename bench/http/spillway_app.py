@@ -44,3 +44,20 @@ class PauseRequest(BaseModel):
 async def pause(payload: PauseRequest) -> None:
     """Waits `ms` (an I/O call's stand-in): bounds what a worker drains (bench.overload)."""
     await sleep(payload.ms / 1000)
+
+
+class OrderLine(BaseModel):
+    sku: str
+    quantity: int
+    price: str
+
+
+class OrderRequest(BaseModel):
+    customer: str
+    lines: list[OrderLine]
+
+
+@app.task
+async def order(payload: OrderRequest) -> dict[str, int]:
+    """A payload of a few hundred bytes of JSON that repeats its keys (bench.rewrite)."""
+    return {"lines": len(payload.lines)}

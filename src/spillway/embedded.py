@@ -34,7 +34,10 @@ from redis.retry import Retry
 from spillway.errors import EmbeddedRedisError
 
 __all__ = [
+    "AOF_REWRITE_PERCENTAGE",
+    "HASH_LISTPACK_VALUE",
     "MIN_VERSION",
+    "RDB_COMPRESSION",
     "EmbeddedRedis",
     "EmbeddedRedisError",
     "TlsFiles",
@@ -158,6 +161,12 @@ AOF_REWRITE_PERCENTAGE = 400
 #: is what the tail latency pays for). docs/reliability.md#record-encoding.
 HASH_LISTPACK_VALUE = 1024
 
+#: Whether an AOF rewrite compresses the strings it writes (Redis's default: yes). A record's
+#: listpack holds ids and timestamps that LZF barely shrinks, so compressing costs the rewrite
+#: child about half as much CPU again for a few percent of disk; a CPU the pipeline shares.
+#: docs/reliability.md#aof-rewrites.
+RDB_COMPRESSION = "no"
+
 
 class EmbeddedRedis:
     """A redis-server child process on 127.0.0.1, in its own temporary directory.
@@ -165,7 +174,8 @@ class EmbeddedRedis:
     Use it as a context manager, or call :meth:`start` and :meth:`stop`. It never saves RDB
     snapshots and never evicts keys; ``appendonly=True`` turns on the AOF (fsync every second)
     so :meth:`kill` followed by :meth:`restart` shows what a crash keeps, with the rewrite
-    threshold Spillway recommends (`AOF_REWRITE_PERCENTAGE`); its task records stay in Redis's
+    threshold and compression Spillway recommends (`AOF_REWRITE_PERCENTAGE`,
+    `RDB_COMPRESSION`); its task records stay in Redis's
     compact hash encoding up to `HASH_LISTPACK_VALUE` bytes a field. With `tls` its only
     port speaks TLS; with `password` it requires that password (its replicas use it too).
     """
@@ -331,6 +341,7 @@ class EmbeddedRedis:
             # The AOF rewrite threshold docs/reliability.md recommends for Spillway's load
             # ("AOF rewrites"): Redis's 100 rewrote each record about four times over.
             command += ["--auto-aof-rewrite-percentage", str(AOF_REWRITE_PERCENTAGE)]
+            command += ["--rdbcompression", RDB_COMPRESSION]
         if self.maxmemory is not None:
             command += ["--maxmemory", self.maxmemory]
         if self.tls is not None:
