@@ -24,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,14 +145,17 @@ def stack(
     concurrency: int = WORKER_CONCURRENCY,
     redis_args: Sequence[str] = (),
     pythonpath: str | None = None,
+    api_env: Mapping[str, str] | None = None,
 ) -> Iterator[Stack]:
     """Start Redis, the API and the worker; stop them all by PID on the way out. With
     `pythonpath` (`bench.budget_ab`: another tree's ``src`` first), the API and the worker
-    import what it names."""
+    import what it names; `api_env` adds to the API's environment (`bench.linger`)."""
     with EmbeddedRedis(appendonly=True, extra_args=redis_args) as server:
         api = spillway_server(server.url, API_PROCESSES)
         if pythonpath:
             api.env |= {"PYTHONPATH": pythonpath}
+        if api_env:
+            api.env |= dict(api_env)
         log = (log_dir / "worker.log").open("wb")
         worker = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
             worker_command(concurrency),

@@ -33,6 +33,7 @@ BENCHMARKS = {
     "floor": "bench.floor",  # the API's CPU per request against bare servers; ~2 min
     "stepped": "bench.stepped",  # a run's timeout armed first or only if it waits; ~10 s
     "encoding": "bench.encoding",  # task records compact vs Redis's default bound; ~5 min
+    "linger": "bench.linger",  # CPU per task and latency at a 2 and a 5 ms accept linger; ~5 min
     "rewrite": "bench.rewrite",  # an AOF rewrite's CPU with and without RDB compression; ~5 min
     "overload": "bench.overload",  # 2x what a worker drains for 60 s: accept p99, backlog; ~3 min
     "flame": "bench.flame",  # py-spy flame graphs of the accept path and the worker loop
