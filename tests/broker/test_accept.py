@@ -238,3 +238,52 @@ async def test_one_caller_awaiting_one_task_after_another_never_waits_the_linger
         assert time.monotonic() - started < 0.5
     finally:
         await app.close()
+
+
+async def test_a_task_arriving_after_the_linger_goes_with_those_that_waited_for_it(
+    settings: Settings,
+) -> None:
+    # Under load the write goes on the first arrival after the linger, not on a timer of its
+    # own: a timer's wake-up per write cost the API more than the task's wait. A task that
+    # waited and one arriving just after the linger share one write (one `created_at`).
+    linger = 0.2
+    app = Spillway(settings.model_copy(update={"accept_linger": linger, "shards": 1}))
+
+    @app.task
+    async def noop(item: Item) -> None:
+        return None
+
+    try:
+        await app.connect()
+        await asyncio.gather(*(app.enqueue(noop, {"n": i}) for i in range(2)))  # one write
+        written = time.monotonic()  # the next may go a linger after that one began, or later
+        waiting = asyncio.ensure_future(app.enqueue(noop, {"n": 2}))
+        await asyncio.sleep(linger + 0.03)  # past the linger, before its half-linger timer
+        assert not waiting.done()
+        late = await app.enqueue(noop, {"n": 3})
+        assert time.monotonic() - written < linger * 1.5  # on arrival: no timer was waited for
+        first = await app.get(await waiting)
+        assert first.created_at == (await app.get(late)).created_at
+    finally:
+        await app.close()
+
+
+async def test_when_the_load_stops_a_task_waits_at_most_half_a_linger_more(
+    settings: Settings,
+) -> None:
+    linger = 0.2
+    app = Spillway(settings.model_copy(update={"accept_linger": linger, "shards": 1}))
+
+    @app.task
+    async def noop(item: Item) -> None:
+        return None
+
+    try:
+        await app.connect()
+        await asyncio.gather(*(app.enqueue(noop, {"n": i}) for i in range(2)))  # one write
+        written = time.monotonic()
+        await app.enqueue(noop, {"n": 2})  # nothing arrives after it
+        waited = time.monotonic() - written
+        assert linger * 0.9 < waited < linger * 1.5 + 0.2  # the linger, then its timer
+    finally:
+        await app.close()
