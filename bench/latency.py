@@ -146,12 +146,14 @@ def stack(
     redis_args: Sequence[str] = (),
     pythonpath: str | None = None,
     api_env: Mapping[str, str] | None = None,
+    api_processes: int = API_PROCESSES,
 ) -> Iterator[Stack]:
     """Start Redis, the API and the worker; stop them all by PID on the way out. With
     `pythonpath` (`bench.budget_ab`: another tree's ``src`` first), the API and the worker
-    import what it names; `api_env` adds to the API's environment (`bench.linger`)."""
+    import what it names; `api_env` adds to the API's environment (`bench.linger`);
+    `api_processes` is how many processes the API runs (`bench.budget`)."""
     with EmbeddedRedis(appendonly=True, extra_args=redis_args) as server:
-        api = spillway_server(server.url, API_PROCESSES)
+        api = spillway_server(server.url, api_processes)
         if pythonpath:
             api.env |= {"PYTHONPATH": pythonpath}
         if api_env:
@@ -309,7 +311,7 @@ def run(args: argparse.Namespace | None = None) -> Report:
     results: dict[float, list[RateRun]] = {}
     load_before = os.getloadavg()[0]
     redis_args = [arg for name, value in args.redis_config for arg in (f"--{name}", value)]
-    with stack(log_dir, redis_args=redis_args) as s:
+    with stack(log_dir, redis_args=redis_args, api_processes=args.api_processes) as s:
         measure_rate(s, min(args.rates), 2)  # warm-up: connections, imports, scripts
         for i in range(args.runs):
             for rate in args.rates:
@@ -324,7 +326,7 @@ def run(args: argparse.Namespace | None = None) -> Report:
                 )
         binary = s.redis.binary
     args.load = (load_before, os.getloadavg()[0])
-    if args.redis_config:
+    if args.redis_config or args.api_processes != API_PROCESSES:
         args.no_write = True
     if not getattr(args, "no_write", False):  # --no-write leaves docs/ as it is
         _save(results)
@@ -400,6 +402,8 @@ def _report(
     verdict = "met" if p99 <= 25 else "missed"
     rates = " ".join(f"{r:g}" for r in args.rates)
     config = "".join(f" --redis-config {name} {value}" for name, value in args.redis_config)
+    if args.api_processes != API_PROCESSES:
+        config += f" --api-processes {args.api_processes}"
     command = (
         f"python -m bench.latency --rates {rates} --seconds {args.seconds:g} --runs {args.runs}"
         + config
@@ -409,7 +413,8 @@ def _report(
             "Tasks offered over HTTP at a fixed rate by an open-loop generator "
             "(`bench/http/openloop.py`: request k is due at k / rate, on one of 64 keep-alive "
             "connections, and its latency runs from when it was due, so queueing in front of a "
-            "slow server counts), accepted by Spillway's API (2 processes) and run by ONE "
+            "slow server counts), accepted by Spillway's API "
+            f"({args.api_processes} processes) and run by ONE "
             f"worker process (`--concurrency {WORKER_CONCURRENCY}`); the task is "
             "`bench/http/spillway_app.py`'s `resize` (validates its payload, returns a dict). "
             "**Accept-to-done** runs from the request's due time to the `finished_at` the "
@@ -430,7 +435,8 @@ def _report(
             "",
             f"- Command: `{command}` (`make bench` runs it as `python -m bench.run latency`).",
             f"- The worker: `{' '.join(['python', *worker_command()[1:]])}`; the API: "
-            "`spillway.api.serve` (uvicorn, HTTP/1.1 on httptools, uvloop), 2 processes.",
+            "`spillway.api.serve` (uvicorn, HTTP/1.1 on httptools, uvloop), "
+            f"{args.api_processes} processes.",
             "- The generator, the API, the worker and Redis share the machine's "
             f"{os.cpu_count()} CPUs with other work: load average (1 min) "
             f"{args.load[0]:.1f} when the runs started, {args.load[1]:.1f} when they ended.",
@@ -468,6 +474,13 @@ def parser() -> argparse.ArgumentParser:
         metavar=("NAME", "VALUE"),
         help="a Redis setting for the trial (e.g. auto-aof-rewrite-percentage 400); "
         f"with any, {DOC.name} is left as it is: its figures are Redis's defaults",
+    )
+    parser.add_argument(
+        "--api-processes",
+        type=int,
+        default=API_PROCESSES,
+        help=f"the API's server processes; with other than {API_PROCESSES}, {DOC.name} is "
+        "left as it is",
     )
     return parser
 

@@ -21,7 +21,8 @@ from rich.progress import (
 from bench import DOC, Report, update_section
 from bench.chart import write_chart
 
-# Name -> module with a `run() -> Report`. Add new benchmarks here.
+# Name -> module with a `run() -> Report`, or a module and the arguments its `parser()` is
+# given. Add new benchmarks here.
 BENCHMARKS = {
     "drain": "bench.drain",
     "peers": "bench.peers.cli",  # the Python peers side by side; ~17 min (3 rounds)
@@ -29,6 +30,7 @@ BENCHMARKS = {
     "latency": "bench.latency",  # accept-to-done at 1,000 and 5,000 tasks/s; ~2 min
     "cost": "bench.cost",  # Redis bytes per task, CPU seconds per 10,000 tasks; ~1 min
     "budget": "bench.budget",  # CPU us per task at 5,000/s: API, worker, Redis by script; ~1 min
+    "budget-one": "bench.budget --api-processes 1",  # the same with one API process; ~1 min
     "budget-ab": "bench.budget_ab",  # the budget of the tree before the last cuts and this; ~10 min
     "floor": "bench.floor",  # the API's CPU per request against bare servers; ~2 min
     "stepped": "bench.stepped",  # a run's timeout armed first or only if it waits; ~10 s
@@ -67,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             progress.update(overall, description=name)
             progress.console.print(f"--- {name}")
-            report: Report = importlib.import_module(BENCHMARKS[name]).run()
+            module_name, *arguments = BENCHMARKS[name].split()
+            module = importlib.import_module(module_name)
+            report: Report = (
+                module.run(module.parser().parse_args(arguments)) if arguments else module.run()
+            )
             progress.console.print(report.summary)
             if not args.no_write:
                 update_section(report.title, report.markdown)
