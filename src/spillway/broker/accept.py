@@ -84,9 +84,6 @@ class AcceptWriter:
         self._linger = s.accept_linger
         self._written_at = -math.inf
         self._gathered = 0
-        # While the flusher lingers: when the linger ends, and what wakes the flusher then.
-        self._due = math.inf
-        self._nudge: asyncio.Future[None] | None = None
 
     def prepare(
         self,
@@ -193,9 +190,6 @@ class AcceptWriter:
             self._batch = batch = self.core.batch(replicated=True)
             self._timer = loop.call_later(budget, _give_up, queue, batch, budget)
         queue.append((request, future))
-        nudge = self._nudge
-        if nudge is not None and loop.time() >= self._due and not nudge.done():
-            nudge.set_result(None)  # the linger is over: this task goes with the others
         if self._flusher is None or self._flusher.done():
             self._flusher = loop.create_task(self._flush())
         return future
@@ -214,9 +208,9 @@ class AcceptWriter:
             # task after another never waits, nor a task after a quiet spell. A cancellation
             # here leaves the queue to the next caller's flusher or its timer.
             if self._gathered > 1:
-                due = self._written_at + self._linger
-                if due > loop.time():
-                    await self._linger_until(loop, due)
+                wait = self._written_at + self._linger - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
             waiting, self._queue = self._queue, []
             self._gathered, self._written_at = len(waiting), loop.time()
             deadline, timer, batch = self._deadline, self._timer, self._batch
@@ -267,23 +261,6 @@ class AcceptWriter:
                     "before its reply was read: %s",
                     len(given_up), ", ".join(given_up[:10]),
                 )  # fmt: skip
-
-    async def _linger_until(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
-        """Wait until the first task to arrive after `due`, or half a linger after it at most.
-
-        Under load a task arrives within a fraction of a millisecond, so the write goes out on
-        that arrival's own wake-up of the event loop: a timer at `due` cost a wake-up of its own
-        per write, which cost this process more than the task's wait (docs/benchmarks.md, "CPU
-        budget per task"). The timer is there for a load that stops.
-        """
-        self._due = due
-        self._nudge = nudge = loop.create_future()
-        timer = loop.call_at(due + self._linger / 2, _wake, nudge)
-        try:
-            await nudge
-        finally:
-            timer.cancel()
-            self._nudge, self._due = None, math.inf
 
     async def write(
         self,
@@ -402,11 +379,6 @@ def _check_callback(task: TaskDef, url: str, settings: Settings) -> None:
         check_url(url, settings.callback_networks)
     except ValueError as exc:
         raise PayloadInvalid(task.name, [{"loc": ["callback_url"], "msg": str(exc)}]) from None
-
-
-def _wake(nudge: asyncio.Future[None]) -> None:
-    if not nudge.done():
-        nudge.set_result(None)
 
 
 def _give_up(waiting: list[_Waiting], batch: Batch, budget: float) -> None:
