@@ -129,7 +129,8 @@ def _report(runs: dict[tuple[float, float], list[Run]], args: argparse.Namespace
     markdown = "\n".join(
         [
             f"CPU per task and latency at each `SPILLWAY_ACCEPT_LINGER`, the lingers in turn at "
-            f"each rate through HTTP for {args.seconds:g} s; medians of {args.rounds} rounds.",
+            f"each rate through HTTP for {args.seconds:g} s; medians of {args.rounds} round"
+            f"{'s' if args.rounds != 1 else ''}.",
             "",
             "| tasks/s | accept linger | CPU us per task: API + worker + Redis | API "
             "| worker | Redis | 202 p50 | 202 p99 | accept-to-done p50 | p99 |",
