@@ -175,9 +175,9 @@ class EmbeddedRedis:
     snapshots and never evicts keys; ``appendonly=True`` turns on the AOF (fsync every second)
     so :meth:`kill` followed by :meth:`restart` shows what a crash keeps, with the rewrite
     threshold and compression Spillway recommends (`AOF_REWRITE_PERCENTAGE`,
-    `RDB_COMPRESSION`); its task records stay in Redis's
-    compact hash encoding up to `HASH_LISTPACK_VALUE` bytes a field. With `tls` its only
-    port speaks TLS; with `password` it requires that password (its replicas use it too).
+    `RDB_COMPRESSION`); its task records stay in Redis's compact hash encoding up to
+    `HASH_LISTPACK_VALUE` bytes a field. With `tls` its only port speaks TLS; with
+    `password` it requires that password (its replicas use it too).
     """
 
     def __init__(
