@@ -9,10 +9,10 @@ request until every task was done, divided by the tasks, are the budget. Redis's
 split into the time inside each command clients sent (a script call under its script's name),
 measured in a second, short window of the same load with the slow log recording every command
 (``slowlog-log-slower-than 0``), so the recording's own cost stays out of the CPU figures; and
-the rest (protocol, networking, AOF).
-Each API process's share is listed with the connections of the generator it held halfway
-through (the processes share one listening socket, and whichever wakes first takes a burst of
-new connections). Every process started is stopped by its PID.
+the rest (protocol, networking, AOF). Each API process's share is listed with the connections
+of the generator it held halfway through (the processes share one listening socket, and
+whichever wakes first takes a burst of new connections). Every process started is stopped by
+its PID.
 """
 
 from __future__ import annotations

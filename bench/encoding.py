@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import redis
 
 from bench import Report, machine, standalone
 from bench.http.run import PREFIX
-from bench.latency import measure_rate, stack, tree_cpu
+from bench.latency import aof_base_bytes, measure_rate, rewrite_aof, stack, tree_cpu
 from spillway.embedded import HASH_LISTPACK_VALUE, find_redis_server
 
 __all__ = ["TITLE", "run"]
@@ -70,14 +69,9 @@ def _one(bound: int, rate: float, seconds: float) -> Round:
             memory = (client.info("memory")["used_memory"] - before) / r.answered
             records = list(client.scan_iter(match="{" + PREFIX + ":*:task:*", count=1000))
             encoding = client.object("encoding", records[0])
-            started = time.monotonic()
-            client.bgrewriteaof()
-            while _rewriting(client):
-                time.sleep(0.005)
-            rewrite_s = time.monotonic() - started
+            rewrite_s = rewrite_aof(client)
             fork_ms = client.info("stats")["latest_fork_usec"] / 1000
-            base = sum(f.stat().st_size for f in (s.redis.dir / "appendonlydir").glob("*.base.*"))
-            base_bytes = base / client.dbsize()
+            base_bytes = aof_base_bytes(s.redis) / client.dbsize()
             cpu = tree_cpu(s.redis.pid)
             pipe = client.pipeline(transaction=False)
             for key in records:
@@ -98,11 +92,6 @@ def _one(bound: int, rate: float, seconds: float) -> Round:
         r.cpu["aof_rewrites"] / r.answered * 1e6,
         delete_cpu,
     )
-
-
-def _rewriting(client: redis.Redis) -> bool:
-    info = client.info("persistence")
-    return bool(info["aof_rewrite_in_progress"] or info["aof_rewrite_scheduled"])
 
 
 def run(args: argparse.Namespace | None = None) -> Report:

@@ -38,7 +38,8 @@ from spillway.broker.keys import Keys
 from spillway.embedded import AOF_REWRITE_PERCENTAGE, EmbeddedRedis
 
 __all__ = [
-    "TITLE", "Stack", "measure_rate", "offer_tasks", "run", "stack", "tree_cpu", "wait_finished",
+    "TITLE", "Stack", "aof_base_bytes", "measure_rate", "offer_tasks", "rewrite_aof", "run",
+    "stack", "tree_cpu", "wait_finished",
 ]  # fmt: skip
 
 TITLE = "End to end latency"
@@ -114,6 +115,22 @@ def tree_cpu(pid: int) -> float:
             times = proc.cpu_times()
             total += times.user + times.system + times.children_user + times.children_system
     return total
+
+
+def rewrite_aof(client: redis.Redis) -> float:
+    """Rewrite the AOF now (``BGREWRITEAOF``); the seconds until Redis reports it done."""
+    started = time.monotonic()
+    client.bgrewriteaof()
+    while True:
+        info = client.info("persistence")
+        if not (info["aof_rewrite_in_progress"] or info["aof_rewrite_scheduled"]):
+            return time.monotonic() - started
+        time.sleep(0.005)
+
+
+def aof_base_bytes(server: EmbeddedRedis) -> int:
+    """The size of the AOF's base file, which the last rewrite wrote."""
+    return sum(f.stat().st_size for f in (server.dir / "appendonlydir").glob("*.base.*"))
 
 
 def _forks_cpu(pid: int) -> float:

@@ -18,7 +18,6 @@ import argparse
 import json
 import statistics
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +25,8 @@ import redis
 
 from bench import Report, machine, standalone
 from bench.http.run import PAYLOAD
-from bench.latency import measure_rate, stack, tree_cpu
-from spillway.embedded import find_redis_server
+from bench.latency import aof_base_bytes, measure_rate, rewrite_aof, stack, tree_cpu
+from spillway.embedded import EmbeddedRedis, find_redis_server
 
 __all__ = ["TITLE", "run"]
 
@@ -53,21 +52,12 @@ class Rewrite:
     base_mb: float  # the rewritten base file
 
 
-def _rewrite(client: redis.Redis, pid: int, base_dir: Path, compression: str) -> Rewrite:
+def _rewrite(client: redis.Redis, server: EmbeddedRedis, compression: str) -> Rewrite:
     client.config_set("rdbcompression", compression)
-    cpu = tree_cpu(pid)
-    started = time.monotonic()
-    client.bgrewriteaof()
-    while _rewriting(client):
-        time.sleep(0.005)
-    wall = time.monotonic() - started
-    base = sum(f.stat().st_size for f in base_dir.glob("*.base.*"))
-    return Rewrite((tree_cpu(pid) - cpu) * 1000, wall * 1000, base / 1e6)
-
-
-def _rewriting(client: redis.Redis) -> bool:
-    info = client.info("persistence")
-    return bool(info["aof_rewrite_in_progress"] or info["aof_rewrite_scheduled"])
+    cpu = tree_cpu(server.pid)
+    wall = rewrite_aof(client)
+    cpu = tree_cpu(server.pid) - cpu
+    return Rewrite(cpu * 1000, wall * 1000, aof_base_bytes(server) / 1e6)
 
 
 def _one(
@@ -85,8 +75,7 @@ def _one(
             done: dict[str, list[Rewrite]] = {setting: [] for setting in SETTINGS}
             for _ in range(REWRITES):
                 for setting in SETTINGS:
-                    base_dir = s.redis.dir / "appendonlydir"
-                    done[setting].append(_rewrite(client, s.redis.pid, base_dir, setting))
+                    done[setting].append(_rewrite(client, s.redis, setting))
         finally:
             client.close()
     return done
